@@ -1,0 +1,421 @@
+"""`SyncReplicasWithBackups`: a tf-keras optimizer wrapper that turns
+asynchronous ParameterServerStrategy training into synchronous training with
+backup workers.
+
+`SyncReplicasWithBackups(opt, replicas_to_aggregate=N, total_num_replicas=N+b)`
+returns a wrapper of the same family as `opt` (the current
+`tf.keras.optimizers.Optimizer` or a `tf.keras.optimizers.legacy` one), as
+tf-keras does for LossScaleOptimizer, so `model.compile` accepts it. The
+wrapper delegates checkpointing to the wrapped optimizer: a checkpoint holds
+exactly the wrapped optimizer's keys (`iter`/`iterations`, slots,
+hyperparameters), so checkpoints move freely between synchronous and
+asynchronous runs. The protocol's own state is not saved; it realigns to the
+restored step on the first push.
+"""
+# pylint: disable=protected-access
+from ps_sync import keras_env  # noqa: F401
+
+import contextlib
+
+from absl import logging
+import tensorflow as tf
+from tf_keras.src.optimizers import optimizer as optimizer_v3
+from tf_keras.src.optimizers.legacy import optimizer_v2
+
+from ps_sync import protocol as protocol_lib
+from ps_sync import watchdog as watchdog_lib
+
+
+def _current_worker_index():
+    return tf.distribute.coordinator.experimental_get_current_worker_index()
+
+
+def _parameter_server_strategy(strategy):
+    return isinstance(strategy,
+                      tf.distribute.experimental.ParameterServerStrategy)
+
+
+class _SyncReplicasMixin:
+    """What the two optimizer families share: settings, protocol, push."""
+
+    def _init_sync(self, inner, replicas_to_aggregate, total_num_replicas,
+                   poll_interval_s, max_wait_s):
+        if not isinstance(inner, (optimizer_v3.Optimizer,
+                                  optimizer_v2.OptimizerV2)):
+            raise TypeError(
+                "SyncReplicasWithBackups wraps a tf-keras optimizer "
+                "(tf.keras.optimizers.* or tf.keras.optimizers.legacy.*), "
+                "got %r" % (inner,))
+        if isinstance(inner, _SyncReplicasMixin):
+            raise TypeError("the optimizer is already a SyncReplicasWithBackups")
+        total = (replicas_to_aggregate if total_num_replicas is None
+                 else total_num_replicas)
+        if replicas_to_aggregate < 1:
+            raise ValueError("replicas_to_aggregate must be at least 1, got %d"
+                             % replicas_to_aggregate)
+        if total < replicas_to_aggregate:
+            raise ValueError(
+                "total_num_replicas (%d) must be at least replicas_to_aggregate"
+                " (%d): backups are the workers beyond the quorum"
+                % (total, replicas_to_aggregate))
+        self._optimizer = inner
+        self._replicas_to_aggregate = int(replicas_to_aggregate)
+        self._total_num_replicas = int(total)
+        self._poll_interval_s = poll_interval_s
+        self._max_wait_s = max_wait_s
+        self._protocol = None
+        self._watchdog = None
+
+    # -- public surface ------------------------------------------------------
+
+    @property
+    def inner_optimizer(self):
+        return self._optimizer
+
+    @property
+    def replicas_to_aggregate(self):
+        return self._replicas_to_aggregate
+
+    @property
+    def total_num_replicas(self):
+        return self._total_num_replicas
+
+    @property
+    def protocol(self):
+        """The `SyncProtocol` once the first step was traced, else None."""
+        return self._protocol
+
+    def sync_stats(self):
+        """Push and wait counters per worker (see `SyncProtocol.stats`)."""
+        if self._protocol is None:
+            return None
+        stats = self._protocol.stats()
+        stats["watchdog_releases"] = (self._watchdog.releases
+                                      if self._watchdog else 0)
+        return stats
+
+    def _sync_config(self):
+        return {"replicas_to_aggregate": self._replicas_to_aggregate,
+                "total_num_replicas": self._total_num_replicas,
+                "poll_interval_s": self._poll_interval_s,
+                "max_wait_s": self._max_wait_s}
+
+    # -- the push ------------------------------------------------------------
+
+    def _sync_active(self):
+        strategy = tf.distribute.get_strategy()
+        if not _parameter_server_strategy(strategy):
+            return False
+        return self._total_num_replicas > 1
+
+    def _check_cluster(self, strategy):
+        workers = strategy._num_workers
+        if workers != self._total_num_replicas:
+            raise ValueError(
+                "SyncReplicasWithBackups: total_num_replicas=%d but the "
+                "cluster has %d workers; set total_num_replicas to the number "
+                "of workers (replicas_to_aggregate=%d plus the backups)"
+                % (self._total_num_replicas, workers,
+                   self._replicas_to_aggregate))
+
+    def _ensure_protocol(self, var_list):
+        if self._protocol is not None:
+            return
+        strategy = tf.distribute.get_strategy()
+        self._check_cluster(strategy)
+        with tf.init_scope(), contextlib.ExitStack() as scopes:
+            if not tf.distribute.has_strategy():
+                scopes.enter_context(strategy.scope())
+            self._build_inner(var_list)
+            self._protocol = protocol_lib.SyncProtocol(
+                var_list, self._replicas_to_aggregate,
+                self._total_num_replicas,
+                poll_interval_s=self._poll_interval_s,
+                max_wait_s=self._max_wait_s)
+            coordinator = getattr(strategy, "_cluster_coordinator", None)
+            if coordinator is not None:
+                self._watchdog = watchdog_lib.ReleaseWatchdog(
+                    self._protocol, coordinator).start()
+        logging.info("ps_sync: %d of %d workers per step, run id %s",
+                     self._replicas_to_aggregate, self._total_num_replicas,
+                     self._protocol.run_id)
+
+    def _sync_apply(self, grads_and_vars, name):
+        grads_and_vars = [(g, v) for g, v in grads_and_vars if g is not None]
+        if not grads_and_vars:
+            return self.iterations
+        grads, variables = zip(*grads_and_vars)
+        replica_context = tf.distribute.get_replica_context()
+        if replica_context is None:
+            raise RuntimeError(
+                "SyncReplicasWithBackups.apply_gradients must run in a replica "
+                "context: call it inside strategy.run(...) in the function "
+                "given to ClusterCoordinator.schedule (model.fit does this)")
+        worker = _current_worker_index()
+
+        # The push runs in cross-replica context: the wrapped optimizer's apply
+        # sits inside a tf.cond, where a merge_call is not allowed.
+        def push(strategy):
+            self._ensure_protocol(variables)
+
+            def apply_fn(means):
+                return self._cross_replica_apply(
+                    strategy, list(zip(means, variables)), name)
+
+            return self._protocol.push(worker, list(grads),
+                                       self._optimizer.iterations, apply_fn)
+
+        outcome = replica_context.merge_call(push)
+        with tf.control_dependencies([outcome]):
+            return tf.identity(self._optimizer.iterations.read_value())
+
+
+class _SyncReplicasV3(tf.__internal__.tracking.DelegatingTrackableMixin,
+                      optimizer_v3.Optimizer, _SyncReplicasMixin):
+    """Wrapper for the current tf.keras.optimizers.Optimizer family."""
+
+    @tf.__internal__.tracking.no_automatic_dependency_tracking
+    def __init__(self, optimizer, replicas_to_aggregate, total_num_replicas=None,
+                 poll_interval_s=0.002, max_wait_s=600.0):
+        self._init_sync(optimizer, replicas_to_aggregate, total_num_replicas,
+                        poll_interval_s, max_wait_s)
+        # Optimizer.__init__ is not called: the wrapped one owns all state.
+        tf.__internal__.tracking.DelegatingTrackableMixin.__init__(
+            self, self._optimizer)
+
+    def apply_gradients(self, grads_and_vars, name=None,
+                        skip_gradients_aggregation=False, **kwargs):
+        if not self._sync_active():
+            return self._optimizer.apply_gradients(
+                grads_and_vars, name=name,
+                skip_gradients_aggregation=skip_gradients_aggregation,
+                **kwargs)
+        return self._sync_apply(grads_and_vars, name)
+
+    def _build_inner(self, var_list):
+        self._optimizer.build(var_list)
+
+    def _cross_replica_apply(self, strategy, grads_and_vars, name):
+        # What Optimizer.apply_gradients does, minus the cross-replica
+        # aggregation (one replica per worker) and the merge_calls.
+        inner = self._optimizer
+        with tf.name_scope(name or inner.name):
+            inner._compute_current_learning_rate()
+            grads, variables = zip(*grads_and_vars)
+            grads = inner._clip_gradients(list(grads))
+            grads = inner._deduplicate_sparse_grad(grads)
+            if inner.weight_decay is not None:
+                for var in variables:
+                    if inner._use_weight_decay(var):
+                        strategy.extended.update(
+                            var, self._decay_weight, group=False)
+            iteration = inner._distributed_apply_gradients_fn(
+                strategy, list(zip(grads, variables)))
+            constrained = [var.assign(var.constraint(var))
+                           for var in variables if var.constraint is not None]
+        with tf.control_dependencies(constrained):
+            return tf.identity(iteration)
+
+    def _decay_weight(self, var):
+        inner = self._optimizer
+        lr = tf.cast(inner.learning_rate, var.dtype)
+        wd = tf.cast(inner.weight_decay, var.dtype)
+        return var.assign_sub(var * wd * lr)
+
+    def build(self, var_list):
+        return self._optimizer.build(var_list)
+
+    @property
+    def iterations(self):
+        return self._optimizer.iterations
+
+    @iterations.setter
+    def iterations(self, variable):
+        self._optimizer.iterations = variable
+
+    @property
+    def variables(self):
+        return self._optimizer.variables
+
+    @property
+    def learning_rate(self):
+        return self._optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, learning_rate):
+        self._optimizer.learning_rate = learning_rate
+
+    @property
+    def use_ema(self):
+        return self._optimizer.use_ema
+
+    @use_ema.setter
+    def use_ema(self, use_ema):
+        self._optimizer.use_ema = use_ema
+
+    @property
+    def ema_momentum(self):
+        return self._optimizer.ema_momentum
+
+    def finalize_variable_values(self, var_list):
+        return self._optimizer.finalize_variable_values(var_list)
+
+    def get_config(self):
+        config = {"optimizer": tf.keras.optimizers.serialize(self._optimizer)}
+        config.update(self._sync_config())
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        inner = tf.keras.optimizers.deserialize(
+            config.pop("optimizer"), custom_objects=custom_objects)
+        return SyncReplicasWithBackups(inner, **config)
+
+
+class _SyncReplicasLegacy(tf.__internal__.tracking.DelegatingTrackableMixin,
+                          optimizer_v2.OptimizerV2, _SyncReplicasMixin):
+    """Wrapper for the tf.keras.optimizers.legacy family (OptimizerV2)."""
+
+    @tf.__internal__.tracking.no_automatic_dependency_tracking
+    def __init__(self, optimizer, replicas_to_aggregate, total_num_replicas=None,
+                 poll_interval_s=0.002, max_wait_s=600.0):
+        self._init_sync(optimizer, replicas_to_aggregate, total_num_replicas,
+                        poll_interval_s, max_wait_s)
+        tf.__internal__.tracking.DelegatingTrackableMixin.__init__(
+            self, self._optimizer)
+        # OptimizerV2 attributes Keras reads on any optimizer.
+        self._hyper = {}
+        self._weights = []
+        self._iterations = None
+        self._name = "SyncReplicasWithBackups"
+
+    def apply_gradients(self, grads_and_vars, name=None,
+                        experimental_aggregate_gradients=True):
+        if not self._sync_active():
+            return self._optimizer.apply_gradients(
+                grads_and_vars, name=name,
+                experimental_aggregate_gradients=
+                experimental_aggregate_gradients)
+        return self._sync_apply(grads_and_vars, name)
+
+    def _build_inner(self, var_list):
+        self._optimizer._create_all_weights(var_list)
+        _ = self._optimizer.iterations
+
+    def _cross_replica_apply(self, strategy, grads_and_vars, name):
+        # What OptimizerV2.apply_gradients does, minus the cross-replica
+        # aggregation (one replica per worker) and the merge_call.
+        inner = self._optimizer
+        with tf.name_scope(inner._name):
+            apply_state = inner._prepare([v for _, v in grads_and_vars])
+            grads_and_vars = inner._transform_gradients(grads_and_vars)
+            return inner._distributed_apply(strategy, grads_and_vars,
+                                            apply_state=apply_state,
+                                            name=name)
+
+    def get_gradients(self, loss, params):
+        return self._optimizer.get_gradients(loss, params)
+
+    def get_weights(self):
+        return self._optimizer.get_weights()
+
+    def set_weights(self, weights):
+        return self._optimizer.set_weights(weights)
+
+    @property
+    def weights(self):
+        return self._optimizer.weights
+
+    def variables(self):
+        return self._optimizer.variables()
+
+    @property
+    def iterations(self):
+        return self._optimizer.iterations
+
+    @iterations.setter
+    def iterations(self, variable):
+        self._optimizer.iterations = variable
+
+    def get_slot_names(self):
+        return self._optimizer.get_slot_names()
+
+    def get_slot(self, var, slot_name):
+        return self._optimizer.get_slot(var, slot_name)
+
+    def __getattribute__(self, name):
+        try:
+            return object.__getattribute__(self, name)
+        except AttributeError as e:
+            if name == "_optimizer" or name == "_hyper":
+                raise e
+            # Hyperparameters (learning_rate, decay, ...) live on the
+            # wrapped optimizer.
+            if name == "lr":
+                name = "learning_rate"
+            if name in self._optimizer._hyper:
+                return self._optimizer._get_hyper(name)
+            raise e
+
+    def __setattr__(self, name, value):
+        if name == "lr":
+            name = "learning_rate"
+        if (name != "_optimizer" and hasattr(self, "_optimizer")
+                and name in self._optimizer._hyper):
+            self._optimizer._set_hyper(name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def get_config(self):
+        config = {"optimizer": tf.keras.optimizers.serialize(self._optimizer)}
+        config.update(self._sync_config())
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        inner = tf.keras.optimizers.deserialize(
+            config.pop("optimizer"), custom_objects=custom_objects,
+            use_legacy_optimizer=True)
+        return SyncReplicasWithBackups(inner, **config)
+
+
+class _Dispatch(type):
+    """Makes `SyncReplicasWithBackups(opt, ...)` build the wrapper of `opt`'s
+    family, and `isinstance(x, SyncReplicasWithBackups)` true for both."""
+
+    def __call__(cls, optimizer, *args, **kwargs):
+        if isinstance(optimizer, optimizer_v2.OptimizerV2):
+            return _SyncReplicasLegacy(optimizer, *args, **kwargs)
+        if isinstance(optimizer, optimizer_v3.Optimizer):
+            return _SyncReplicasV3(optimizer, *args, **kwargs)
+        raise TypeError(
+            "SyncReplicasWithBackups wraps a tf-keras optimizer "
+            "(tf.keras.optimizers.* or tf.keras.optimizers.legacy.*), got %r"
+            % (optimizer,))
+
+    def __instancecheck__(cls, instance):
+        return isinstance(instance, _SyncReplicasMixin)
+
+
+class SyncReplicasWithBackups(metaclass=_Dispatch):
+    """Synchronous SGD with backup workers (Chen et al., arXiv 1604.00981).
+
+    Args:
+      optimizer: the tf-keras optimizer that applies each aggregated update.
+      replicas_to_aggregate: N, gradients averaged into each update.
+      total_num_replicas: N + b, the number of workers (defaults to N).
+      poll_interval_s: how often an admitted worker checks whether its step
+        closed.
+      max_wait_s: hard bound on any wait; the release watchdog normally frees
+        waiters long before.
+
+    Without ParameterServerStrategy, or with a single worker, it is exactly the
+    wrapped optimizer.
+    """
+
+    def __init__(self, optimizer, replicas_to_aggregate,
+                 total_num_replicas=None, poll_interval_s=0.002,
+                 max_wait_s=600.0):
+        raise AssertionError("constructed through _Dispatch")  # pragma: no cover

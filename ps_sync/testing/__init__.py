@@ -1,0 +1,1 @@
+"""Test clusters: in-process (one per interpreter) and multi-process."""
