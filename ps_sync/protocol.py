@@ -191,7 +191,10 @@ class SyncProtocol(tf.Module):
 
         with tf.control_dependencies([mark]):
             ended, = tf.while_loop(cond, body, [tf.constant(-1)])
-        unmark = self.waiting.scatter_nd_update([[worker]], [0])
+        # Explicit: the unmark touches no resource the loop reads, so
+        # automatic control dependencies would let it run before the loop.
+        with tf.control_dependencies([ended]):
+            unmark = self.waiting.scatter_nd_update([[worker]], [0])
         count = self.wait_ends.scatter_nd_add([[worker, ended]],
                                               tf.constant([1], tf.int64))
         with tf.control_dependencies([unmark, count]):

@@ -1,0 +1,85 @@
+"""The protocol's invariants, decoded from a probe model on a real in-process
+cluster (each test's cluster runs in a fresh interpreter)."""
+import pytest
+
+from ps_sync.testing import fresh_interpreter
+
+HERE = __name__
+
+
+def _probe_custom_loop(workers, replicas, num_ps, closures, delays=(),
+                       partitioned=False, legacy=False):
+    import tensorflow as tf
+    from ps_sync.optimizer import SyncReplicasWithBackups
+    from ps_sync.testing import inprocess_cluster
+    from tests import probe
+
+    partitioner = (tf.distribute.experimental.partitioners
+                   .FixedShardsPartitioner(num_ps) if partitioned else None)
+    strategy = inprocess_cluster.strategy(workers, num_ps, partitioner)
+    coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
+    with strategy.scope():
+        model = probe.ProbeModel(workers)
+        model.build([None, 1])
+        sgd = (tf.keras.optimizers.legacy.SGD if legacy
+               else tf.keras.optimizers.SGD)(probe.LR)
+        opt = SyncReplicasWithBackups(sgd, replicas, workers)
+    dataset = coordinator.create_per_worker_dataset(
+        probe.delayed_dataset_fn(list(delays), workers))
+    iterator = iter(dataset)
+
+    @tf.function
+    def step(it):
+        def replica_fn(x):
+            with tf.GradientTape() as tape:
+                loss = probe.probe_loss(None, model(x))
+            grads = tape.gradient(loss, model.trainable_variables)
+            opt.apply_gradients(zip(grads, model.trainable_variables))
+        return strategy.run(replica_fn, args=(next(it),))
+
+    for _ in range(closures):
+        coordinator.schedule(step, args=(iterator,))
+    coordinator.join()
+    steps, rows = probe.decode(model, replicas)
+    return {"steps": steps, "rows": rows,
+            "iterations": int(opt.iterations.numpy()),
+            "stats": opt.sync_stats(),
+            "shard_devices": sorted({v.device for v in model.variables})}
+
+
+def _pushes(stats):
+    return sum(sum(v for k, v in w.items() if not k.startswith("wait"))
+               for w in stats["per_worker"])
+
+
+@pytest.mark.parametrize("partitioned,legacy", [(False, False), (True, True)])
+def test_every_update_is_n_fresh_pushes_from_distinct_workers(partitioned,
+                                                               legacy):
+    r = fresh_interpreter.run(
+        HERE + ":_probe_custom_loop",
+        dict(workers=3, replicas=2, num_ps=2, closures=24,
+             partitioned=partitioned, legacy=legacy), timeout=240)
+    assert len(r["shard_devices"]) == 2  # really spread over both PS
+    assert r["steps"] == r["iterations"] >= 1
+    assert r["stats"]["published_step"] == r["steps"]
+    per_worker = r["stats"]["per_worker"]
+    assert _pushes(r["stats"]) == 24  # every push counted once
+    admitted = sum(w["admitted"] + w["admitted_closed"] for w in per_worker)
+    # Each applied update took exactly 2 pushes; at most one step is open.
+    assert 2 * r["steps"] <= admitted <= 2 * r["steps"] + 1
+    assert sum(w["admitted_closed"] for w in per_worker) == r["steps"]
+
+
+def test_delayed_worker_is_dropped_and_counted():
+    r = fresh_interpreter.run(
+        HERE + ":_probe_custom_loop",
+        dict(workers=3, replicas=2, num_ps=1, closures=40,
+             delays=[0.0, 0.0, 1.0]), timeout=240)
+    slow = r["stats"]["per_worker"][2]
+    slow_pushes = sum(v for k, v in slow.items() if not k.startswith("wait"))
+    assert slow_pushes >= 1
+    assert slow["admitted"] + slow["admitted_closed"] <= 1
+    assert slow["dropped_stale"] >= slow_pushes - 1
+    # The two fast workers carried the training.
+    assert r["steps"] >= 10
+    assert all(2 not in row for row in r["rows"][1:])
