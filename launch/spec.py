@@ -169,15 +169,15 @@ def _check_rules(path, raw):
 def _check_distribution(path, field, dist, positive):
     kind = dist["distribution"]
     params = _DIST_PARAMS[kind]
-    for name in params:
-        if name not in dist:
-            raise SpecError(path, "%s.%s" % (field, name), "a number (the %s "
-                            "distribution takes %s)" % (kind, ", ".join(params)))
     extra = sorted(set(dist) - set(params) - {"distribution"})
     if extra:
         raise SpecError(path, "%s.%s" % (field, extra[0]), "no such parameter "
                         "for the %s distribution, which takes %s"
                         % (kind, ", ".join(params)))
+    for name in params:
+        if name not in dist:
+            raise SpecError(path, "%s.%s" % (field, name), "a number (the %s "
+                            "distribution takes %s)" % (kind, ", ".join(params)))
     if kind == "uniform" and dist["low"] > dist["high"]:
         raise SpecError(path, field + ".high", "high >= low (%s), got %s"
                         % (dist["low"], dist["high"]))
