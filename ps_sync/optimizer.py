@@ -23,6 +23,8 @@ from tf_keras.src.optimizers import optimizer as optimizer_v3
 from tf_keras.src.optimizers.legacy import optimizer_v2
 
 from ps_sync import protocol as protocol_lib
+from ps_sync import quorum as quorum_lib
+from ps_sync import telemetry as telemetry_lib
 from ps_sync import watchdog as watchdog_lib
 
 
@@ -38,8 +40,9 @@ def _parameter_server_strategy(strategy):
 class _SyncReplicasMixin:
     """What the two optimizer families share: settings, protocol, push."""
 
-    def _init_sync(self, inner, replicas_to_aggregate, total_num_replicas,
-                   poll_interval_s, max_wait_s):
+    def _init_sync(self, inner, replicas_to_aggregate, total_num_replicas=None,
+                   quorum_policy=None, telemetry_dir=None,
+                   poll_interval_s=0.002, max_wait_s=600.0):
         if not isinstance(inner, (optimizer_v3.Optimizer,
                                   optimizer_v2.OptimizerV2)):
             raise TypeError(
@@ -61,10 +64,15 @@ class _SyncReplicasMixin:
         self._optimizer = inner
         self._replicas_to_aggregate = int(replicas_to_aggregate)
         self._total_num_replicas = int(total)
-        self._poll_interval_s = poll_interval_s
-        self._max_wait_s = max_wait_s
+        if not isinstance(quorum_policy, quorum_lib.QuorumPolicy):
+            quorum_policy = quorum_lib.from_config(quorum_policy)
+        self._quorum_policy = quorum_policy
+        self._telemetry_dir = telemetry_dir
+        self._poll_interval_s = float(poll_interval_s)
+        self._max_wait_s = float(max_wait_s)
         self._protocol = None
         self._watchdog = None
+        self._telemetry = None
 
     # -- public surface ------------------------------------------------------
 
@@ -92,11 +100,27 @@ class _SyncReplicasMixin:
         stats = self._protocol.stats()
         stats["watchdog_releases"] = (self._watchdog.releases
                                       if self._watchdog else 0)
+        stats["degraded_steps"] = (list(self._watchdog.degraded_steps)
+                                   if self._watchdog else [])
         return stats
+
+    @property
+    def telemetry(self):
+        """The `TelemetryWriter` (records so far in `.pushes`/`.steps`)."""
+        return self._telemetry
+
+    def close(self):
+        """Stop the coordinator-side threads and flush telemetry."""
+        if self._watchdog is not None:
+            self._watchdog.stop()
+        if self._telemetry is not None:
+            self._telemetry.close()
 
     def _sync_config(self):
         return {"replicas_to_aggregate": self._replicas_to_aggregate,
                 "total_num_replicas": self._total_num_replicas,
+                "quorum_policy": self._quorum_policy.get_config(),
+                "telemetry_dir": self._telemetry_dir,
                 "poll_interval_s": self._poll_interval_s,
                 "max_wait_s": self._max_wait_s}
 
@@ -131,11 +155,15 @@ class _SyncReplicasMixin:
                 var_list, self._replicas_to_aggregate,
                 self._total_num_replicas,
                 poll_interval_s=self._poll_interval_s,
-                max_wait_s=self._max_wait_s)
+                max_wait_s=self._max_wait_s,
+                initial_step=int(self._optimizer.iterations.numpy()))
             coordinator = getattr(strategy, "_cluster_coordinator", None)
             if coordinator is not None:
-                self._watchdog = watchdog_lib.ReleaseWatchdog(
-                    self._protocol, coordinator).start()
+                self._watchdog = watchdog_lib.StepWatchdog(
+                    self._protocol, coordinator,
+                    self._quorum_policy).start()
+            self._telemetry = telemetry_lib.TelemetryWriter(
+                self._protocol, self._telemetry_dir).start()
         logging.info("ps_sync: %d of %d workers per step, run id %s",
                      self._replicas_to_aggregate, self._total_num_replicas,
                      self._protocol.run_id)
@@ -176,9 +204,9 @@ class _SyncReplicasV3(tf.__internal__.tracking.DelegatingTrackableMixin,
 
     @tf.__internal__.tracking.no_automatic_dependency_tracking
     def __init__(self, optimizer, replicas_to_aggregate, total_num_replicas=None,
-                 poll_interval_s=0.002, max_wait_s=600.0):
+                 **settings):
         self._init_sync(optimizer, replicas_to_aggregate, total_num_replicas,
-                        poll_interval_s, max_wait_s)
+                        **settings)
         # Optimizer.__init__ is not called: the wrapped one owns all state.
         tf.__internal__.tracking.DelegatingTrackableMixin.__init__(
             self, self._optimizer)
@@ -279,9 +307,9 @@ class _SyncReplicasLegacy(tf.__internal__.tracking.DelegatingTrackableMixin,
 
     @tf.__internal__.tracking.no_automatic_dependency_tracking
     def __init__(self, optimizer, replicas_to_aggregate, total_num_replicas=None,
-                 poll_interval_s=0.002, max_wait_s=600.0):
+                 **settings):
         self._init_sync(optimizer, replicas_to_aggregate, total_num_replicas,
-                        poll_interval_s, max_wait_s)
+                        **settings)
         tf.__internal__.tracking.DelegatingTrackableMixin.__init__(
             self, self._optimizer)
         # OptimizerV2 attributes Keras reads on any optimizer.
@@ -403,19 +431,27 @@ class SyncReplicasWithBackups(metaclass=_Dispatch):
     """Synchronous SGD with backup workers (Chen et al., arXiv 1604.00981).
 
     Args:
-      optimizer: the tf-keras optimizer that applies each aggregated update.
-      replicas_to_aggregate: N, gradients averaged into each update.
-      total_num_replicas: N + b, the number of workers (defaults to N).
+      optimizer: the tf-keras optimizer that applies each aggregated update
+        (current or legacy family; the wrapper is of the same family).
+      replicas_to_aggregate: N, fresh gradients averaged into each update.
+      total_num_replicas: N + b, the number of workers (defaults to N). The
+        cluster must have exactly this many workers.
+      quorum_policy: a `ps_sync.quorum.QuorumPolicy` or its config dict;
+        default fixed N. `TimeoutThenDegrade(min_replicas_to_aggregate,
+        quorum_timeout_s)` or `TimeoutThenFail(quorum_timeout_s)` bound how
+        long a step may wait for its quorum.
+      telemetry_dir: where the coordinator writes pushes.jsonl and
+        steps.jsonl (records are kept in memory either way).
       poll_interval_s: how often an admitted worker checks whether its step
         closed.
-      max_wait_s: hard bound on any wait; the release watchdog normally frees
-        waiters long before.
+      max_wait_s: hard bound on any single wait; the step watchdog normally
+        frees waiters long before.
 
     Without ParameterServerStrategy, or with a single worker, it is exactly the
     wrapped optimizer.
     """
 
     def __init__(self, optimizer, replicas_to_aggregate,
-                 total_num_replicas=None, poll_interval_s=0.002,
-                 max_wait_s=600.0):
+                 total_num_replicas=None, quorum_policy=None,
+                 telemetry_dir=None, poll_interval_s=0.002, max_wait_s=600.0):
         raise AssertionError("constructed through _Dispatch")  # pragma: no cover

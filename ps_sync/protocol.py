@@ -15,26 +15,39 @@ read, the step would be larger. A gradient computed on a mix of versions
 therefore always carries a stale tag (invariant 1).
 
 Nothing here blocks without bound: the only wait is a polling loop with a
-deadline, which a coordinator-side watchdog can also cut short (see
-`watchdog.py`) when no remaining closure can complete the open step.
+deadline, which the coordinator-side step watchdog (`watchdog.py`) can also
+end early: when no remaining closure can complete the open step, when its
+quorum policy lowers the quorum, or when it fails the run.
 """
 import uuid
 
 import tensorflow as tf
 from tensorflow.python.data.experimental.ops import testing as tf_data_testing
 
-# Push outcomes, as recorded in telemetry.
+# Push outcomes (telemetry records and per-worker counters).
 DROPPED_STALE = 0      # computed on an older version
 DROPPED_DUPLICATE = 1  # this worker already contributed to the open step
 ADMITTED = 2           # counted in the open step, which stays open
 ADMITTED_CLOSED = 3    # counted, and completed the quorum: step applied
+POLICY_CLOSED = 4      # not a push outcome: a dropped push closed a step
+                       # whose quorum the policy lowered (a degraded step)
 OUTCOME_NAMES = ("dropped_stale", "dropped_duplicate", "admitted",
-                 "admitted_closed")
+                 "admitted_closed", "policy_closed")
+NUM_PUSH_OUTCOMES = 4
 
 # Ways a wait for the step to close can end.
-WAIT_CLOSED = 0
-WAIT_RELEASED = 1
-WAIT_DEADLINE = 2
+WAIT_CLOSED = 0      # the step was applied
+WAIT_RELEASED = 1    # the watchdog saw no closure left that could close it
+WAIT_DEADLINE = 2    # max_wait_s passed
+WAIT_QUORUM = 3      # the policy lowered the quorum to what is admitted;
+                     # the next push closes the step
+WAIT_FAILED = 4      # the policy failed the run
+WAIT_NAMES = ("closed", "released", "deadline", "quorum_lowered", "failed")
+
+# Telemetry ring buffer columns, one row per push (and per policy close).
+LOG_FIELDS = ("step", "tag", "worker", "ready_at", "computed_at",
+              "arrived_at", "outcome", "admitted_rank", "quorum")
+LOG_CAPACITY = 8192
 
 
 def _sleep(seconds):
@@ -45,6 +58,10 @@ def _sleep(seconds):
     return ds.get_single_element()
 
 
+def _f64(x):
+    return tf.cast(x, tf.float64)
+
+
 class SyncProtocol(tf.Module):
     """Protocol state on the parameter servers and the graph of one push.
 
@@ -53,7 +70,8 @@ class SyncProtocol(tf.Module):
     """
 
     def __init__(self, var_list, replicas_to_aggregate, total_num_replicas,
-                 poll_interval_s=0.002, max_wait_s=600.0, run_id=None):
+                 poll_interval_s=0.002, max_wait_s=600.0, run_id=None,
+                 initial_step=-1):
         super().__init__(name="ps_sync_protocol")
         if not 1 <= replicas_to_aggregate <= total_num_replicas:
             raise ValueError(
@@ -68,26 +86,41 @@ class SyncProtocol(tf.Module):
         # of an earlier run can never meet the state of this one.
         self.run_id = run_id or uuid.uuid4().hex[:12]
         n = self.total_num_replicas
-        with tf.init_scope():
-            strategy = tf.distribute.get_strategy()
-            var = lambda value, name: tf.Variable(  # noqa: E731
+        strategy = tf.distribute.get_strategy()
+
+        def var(value, name):
+            return tf.Variable(
                 value, trainable=False, name=name,
                 synchronization=tf.VariableSynchronization.ON_WRITE,
                 aggregation=tf.VariableAggregation.NONE)
-            self.published = var(tf.constant(-1, tf.int64), "published")
+
+        with tf.init_scope():
+            # Tags start at the current step, so that the first gradient of
+            # each worker counts: nothing can move the step before the first
+            # push (a restore afterwards is caught by the realignment).
+            initial_step = tf.constant(int(initial_step), tf.int64)
+            self.published = var(initial_step, "published")
             with strategy.extended.colocate_vars_with(self.published):
-                self.quorum = var(tf.constant(self.replicas_to_aggregate,
-                                              tf.int32), "quorum")
+                # A lowered quorum for one step, packed into one int64 so
+                # that it is written atomically: step * 2**16 + quorum.
+                self.lowered = var(tf.constant(-1, tf.int64), "lowered")
                 self.count = var(tf.constant(0, tf.int32), "count")
                 self.admitted = var(tf.zeros([n], tf.int32), "admitted")
-                self.worker_tag = var(tf.fill([n], tf.constant(-1, tf.int64)),
+                self.worker_tag = var(tf.fill([n], initial_step),
                                       "worker_tag")
+                self.ready_at = var(tf.zeros([n], tf.float64), "ready_at")
                 self.waiting = var(tf.zeros([n], tf.int32), "waiting")
                 self.release_gen = var(tf.constant(0, tf.int64),
                                        "release_gen")
-                # Per worker: pushes by outcome, then waits by ending.
-                self.outcomes = var(tf.zeros([n, 4], tf.int64), "outcomes")
-                self.wait_ends = var(tf.zeros([n, 3], tf.int64), "wait_ends")
+                self.failed = var(tf.constant(0, tf.int32), "failed")
+                self.fail_message = var(tf.constant(""), "fail_message")
+                self.outcomes = var(tf.zeros([n, NUM_PUSH_OUTCOMES], tf.int64),
+                                    "outcomes")
+                self.wait_ends = var(tf.zeros([n, len(WAIT_NAMES)], tf.int64),
+                                     "wait_ends")
+                self.log = var(tf.zeros([LOG_CAPACITY, len(LOG_FIELDS)],
+                                        tf.float64), "log")
+                self.log_next = var(tf.constant(0, tf.int64), "log_next")
             self.accumulators = []
             for v in var_list:
                 with strategy.extended.colocate_vars_with(v):
@@ -98,13 +131,21 @@ class SyncProtocol(tf.Module):
 
     # -- graph pieces, all traced inside the worker function ---------------
 
-    def _critical_section(self, after):
+    def _critical_section(self, after, purpose):
         # The mutex is created behind the gradients: otherwise the lock could
         # be taken before the forward pass and serialise every worker.
         with tf.control_dependencies(after), tf.device(self._device):
             return tf.CriticalSection(
-                shared_name="ps_sync_%s_push" % self.run_id,
-                name="ps_sync_push")
+                shared_name="ps_sync_%s_step" % self.run_id,
+                name="ps_sync_" + purpose)
+
+    def _record(self, fields):
+        """Append one telemetry row (inside the critical section)."""
+        row = tf.stack([_f64(fields[name]) for name in LOG_FIELDS])
+        index = self.log_next.assign_add(1, read_value=True) - 1
+        written = self.log.scatter_nd_update([[index % LOG_CAPACITY]], [row])
+        with tf.control_dependencies([written]):
+            return tf.constant(True)
 
     def _realign(self, step):
         """Open `step` if the state belongs to another one (first push, or a
@@ -119,6 +160,12 @@ class SyncProtocol(tf.Module):
         return tf.cond(tf.not_equal(self.published, step), reset,
                        lambda: self.published.read_value())
 
+    def _quorum(self, step):
+        lowered = self.lowered.read_value()
+        return tf.where(tf.equal(lowered // 2**16, step),
+                        tf.cast(lowered % 2**16, tf.int32),
+                        self.replicas_to_aggregate)
+
     def _accumulate(self, grads):
         ops = []
         for acc, g in zip(self.accumulators, grads):
@@ -128,69 +175,109 @@ class SyncProtocol(tf.Module):
                 ops.append(acc.assign_add(g, read_value=False))
         return ops
 
-    def _admit_and_maybe_apply(self, worker, tag, grads, step_var, apply_fn):
-        """Body of the critical section; returns (outcome, step after)."""
+    def _close(self, step_var, apply_fn):
+        """Apply the mean of the accumulated gradients and open the next step.
+        Returns the quorum the step closed with."""
+        count = self.count.read_value()
+        means = [acc.read_value() / tf.cast(count, acc.dtype)
+                 for acc in self.accumulators]
+        applied = apply_fn(means)
+        with tf.control_dependencies(tf.nest.flatten(applied)):
+            new_step = tf.cast(step_var.read_value(), tf.int64)
+        with tf.control_dependencies([new_step]):
+            resets = [acc.assign(tf.zeros_like(acc))
+                      for acc in self.accumulators]
+            resets += [self.count.assign(0),
+                       self.admitted.assign(tf.zeros_like(self.admitted))]
+        # Written last: a tag equal to it promises a complete version.
+        with tf.control_dependencies(resets):
+            published = self.published.assign(new_step)
+        with tf.control_dependencies([published]):
+            return tf.identity(count)
+
+    def _admit_and_maybe_apply(self, worker, tag, ready_at, computed_at,
+                               grads, step_var, apply_fn):
+        """Body of the push's critical section: (outcome, open step, failed).
+
+        The step closes here, and only here, once its admitted count reaches
+        the quorum: normally on the N-th admitted push; after the policy
+        lowered the quorum, on whichever push comes next.
+        """
+        arrived_at = tf.timestamp()
         step = self._realign(tf.cast(step_var.read_value(), tf.int64))
         fresh = tf.equal(tag, step)
         duplicate = tf.equal(self.admitted[worker], 1)
 
         def admit():
             with tf.control_dependencies(self._accumulate(grads)):
-                count = self.count.assign_add(1, read_value=True)
+                rank = self.count.assign_add(1, read_value=True)
                 mark = self.admitted.scatter_nd_update([[worker]], [1])
             with tf.control_dependencies([mark]):
-                return tf.cond(count >= self.quorum, close,
-                               lambda: tf.constant(ADMITTED))
+                return tf.constant(ADMITTED), tf.identity(rank)
 
-        def close():
-            n = tf.cast(self.count.read_value(), tf.float32)
-            means = [tf.cast(acc.read_value() / tf.cast(n, acc.dtype),
-                             acc.dtype) for acc in self.accumulators]
-            applied = apply_fn(means)
-            with tf.control_dependencies(tf.nest.flatten(applied)):
-                new_step = tf.cast(step_var.read_value(), tf.int64)
-            with tf.control_dependencies([new_step]):
-                resets = [acc.assign(tf.zeros_like(acc))
-                          for acc in self.accumulators]
-                resets += [self.count.assign(0),
-                           self.admitted.assign(tf.zeros_like(self.admitted))]
-            # Written last: a tag equal to it promises a complete version.
-            with tf.control_dependencies(resets):
-                published = self.published.assign(new_step)
-            with tf.control_dependencies([published]):
-                return tf.constant(ADMITTED_CLOSED)
+        def drop(outcome):
+            return lambda: (tf.constant(outcome), tf.constant(0))
 
-        outcome = tf.case(
-            [(tf.logical_not(fresh), lambda: tf.constant(DROPPED_STALE)),
-             (duplicate, lambda: tf.constant(DROPPED_DUPLICATE))],
+        outcome, rank = tf.case(
+            [(tf.logical_not(fresh), drop(DROPPED_STALE)),
+             (duplicate, drop(DROPPED_DUPLICATE))],
             default=admit, exclusive=False)
-        count = self.outcomes.scatter_nd_add([[worker, outcome]],
-                                             tf.constant([1], tf.int64))
-        with tf.control_dependencies([count]):
-            return tf.identity(outcome), self.published.read_value()
+        with tf.control_dependencies([outcome, rank]):
+            count = self.count.read_value()
+            quorum = self._quorum(step)
+        closed = tf.cond(
+            tf.logical_and(count > 0, count >= quorum),
+            lambda: self._close(step_var, apply_fn), lambda: tf.constant(0))
+        admitted = tf.equal(outcome, ADMITTED)
+        outcome = tf.where(tf.logical_and(admitted, closed > 0),
+                           ADMITTED_CLOSED, outcome)
+        counted = self.outcomes.scatter_nd_add([[worker, outcome]],
+                                               tf.constant([1], tf.int64))
+        logged = [self._record(dict(
+            step=step, tag=tag, worker=worker, ready_at=ready_at,
+            computed_at=computed_at, arrived_at=arrived_at, outcome=outcome,
+            admitted_rank=rank, quorum=quorum))]
+        logged.append(tf.cond(
+            tf.logical_and(closed > 0, tf.logical_not(admitted)),
+            lambda: self._record(dict(
+                step=step, tag=step, worker=worker, ready_at=0.0,
+                computed_at=0.0, arrived_at=arrived_at, outcome=POLICY_CLOSED,
+                admitted_rank=closed, quorum=quorum)),
+            lambda: tf.constant(False)))
+        with tf.control_dependencies([counted] + logged):
+            return (tf.identity(outcome), self.published.read_value(),
+                    self.failed.read_value())
 
     def _wait_for_close(self, worker, step):
-        """Poll until the step after `step` is published, a release comes,
-        or the deadline passes. Returns how the wait ended."""
+        """Poll until the step after `step` is published, or the watchdog
+        intervenes, or the deadline passes. Returns how the wait ended."""
         release = self.release_gen.read_value()
         deadline = tf.timestamp() + self.max_wait_s
         with tf.control_dependencies([release]):
             mark = self.waiting.scatter_nd_update([[worker]], [1])
 
-        def cond(ended):
-            return tf.equal(ended, -1)
-
         def body(ended):
+            del ended
             with tf.control_dependencies([_sleep(self.poll_interval_s)]):
                 closed = self.published.read_value() > step
                 released = self.release_gen.read_value() > release
+                lowered = tf.logical_and(
+                    tf.equal(self.lowered.read_value() // 2**16, step),
+                    self.count.read_value() >= self._quorum(step))
+                failed = self.failed.read_value() > 0
                 late = tf.timestamp() > deadline
-            return (tf.where(closed, WAIT_CLOSED,
-                             tf.where(released, WAIT_RELEASED,
-                                      tf.where(late, WAIT_DEADLINE, -1))),)
+            ended = -1
+            for flag, reason in ((late, WAIT_DEADLINE),
+                                 (released, WAIT_RELEASED),
+                                 (lowered, WAIT_QUORUM),
+                                 (failed, WAIT_FAILED),
+                                 (closed, WAIT_CLOSED)):
+                ended = tf.where(flag, reason, ended)
+            return (ended,)
 
         with tf.control_dependencies([mark]):
-            ended, = tf.while_loop(cond, body, [tf.constant(-1)])
+            ended, = tf.while_loop(lambda ended: tf.equal(ended, -1), body,
+                                   [tf.constant(-1)])
         # Explicit: the unmark touches no resource the loop reads, so
         # automatic control dependencies would let it run before the loop.
         with tf.control_dependencies([ended]):
@@ -205,27 +292,36 @@ class SyncProtocol(tf.Module):
 
         `step_var` is the global step (the wrapped optimizer's iterations);
         `apply_fn(mean_grads)` applies one update and advances it. Returns the
-        push outcome.
+        push outcome; raises (in-graph) if the quorum policy failed the run.
         """
+        computed_at = tf.timestamp()
         worker = tf.cast(worker, tf.int32)
         with tf.device(self._device):
             tag = self.worker_tag[worker]
+            ready_at = self.ready_at[worker]
         deps = [g.values if isinstance(g, tf.IndexedSlices) else g
-                for g in grads] + [tag]
-        cs = self._critical_section(deps)
-        outcome, step = cs.execute(
-            lambda: self._admit_and_maybe_apply(worker, tag, grads, step_var,
-                                                apply_fn),
+                for g in grads] + [tag, ready_at]
+        cs = self._critical_section(deps, "push")
+        outcome, step, failed = cs.execute(
+            lambda: self._admit_and_maybe_apply(
+                worker, tag, ready_at, computed_at, grads, step_var, apply_fn),
             exclusive_resource_access=False)
+
         # An admitted worker that did not close the step would only compute a
         # gradient certain to be dropped: wait for the new version instead.
         waited = tf.cond(tf.equal(outcome, ADMITTED),
                          lambda: self._wait_for_close(worker, step),
                          lambda: tf.constant(-1))
         with tf.control_dependencies([waited]), tf.device(self._device):
+            ok = tf.logical_and(tf.equal(failed, 0),
+                                tf.not_equal(waited, WAIT_FAILED))
+            check = tf.debugging.Assert(ok, [self.fail_message.read_value()],
+                                        name="ps_sync_quorum_failed")
             next_tag = self.published.read_value()
             retag = self.worker_tag.scatter_nd_update([[worker]], [next_tag])
-        with tf.control_dependencies([retag]):
+            stamp = self.ready_at.scatter_nd_update([[worker]],
+                                                    [tf.timestamp()])
+        with tf.control_dependencies([retag, stamp, check]):
             return tf.identity(outcome)
 
     # -- coordinator side ---------------------------------------------------
@@ -234,8 +330,35 @@ class SyncProtocol(tf.Module):
         """Let every waiting worker return (used by the watchdog)."""
         self.release_gen.assign_add(1)
 
+    def lower_quorum(self, step, quorum):
+        """Lower the quorum of open step `step`; no effect on any other
+        step, so a lowering that races with the step's close is harmless."""
+        quorum = max(1, min(int(quorum), self.replicas_to_aggregate))
+        self.lowered.assign(int(step) * 2**16 + quorum)
+
+    def fail(self, message):
+        self.fail_message.assign(message)
+        self.failed.assign(1)
+
+    def open_step(self):
+        """(step, count, admitted workers) of the open step, read eagerly."""
+        return (int(self.published.numpy()), int(self.count.numpy()),
+                tuple(int(w) for w in tf.where(self.admitted > 0)[:, 0]
+                      .numpy()))
+
     def num_waiting(self):
         return int(tf.reduce_sum(self.waiting).numpy())
+
+    def read_log(self, start):
+        """Telemetry rows from record number `start` on: (rows, next, lost)."""
+        end = int(self.log_next.numpy())
+        lost = max(0, end - start - LOG_CAPACITY)
+        first = start + lost
+        if first >= end:
+            return [], end, lost
+        indices = tf.range(first, end, dtype=tf.int64) % LOG_CAPACITY
+        rows = tf.gather(self.log, indices).numpy()
+        return rows, end, lost
 
     def stats(self):
         """Counters so far, as plain Python values."""
@@ -244,11 +367,9 @@ class SyncProtocol(tf.Module):
         per_worker = []
         for w in range(self.total_num_replicas):
             entry = {name: int(outcomes[w, i])
-                     for i, name in enumerate(OUTCOME_NAMES)}
-            entry.update(wait_closed=int(waits[w, WAIT_CLOSED]),
-                         wait_released=int(waits[w, WAIT_RELEASED]),
-                         wait_deadline=int(waits[w, WAIT_DEADLINE]))
+                     for i, name in enumerate(OUTCOME_NAMES[:NUM_PUSH_OUTCOMES])}
+            entry.update({"wait_" + name: int(waits[w, i])
+                          for i, name in enumerate(WAIT_NAMES)})
             per_worker.append(entry)
         return {"published_step": int(self.published.numpy()),
-                "quorum": int(self.quorum.numpy()),
                 "per_worker": per_worker}

@@ -1,25 +1,40 @@
-"""Coordinator-side release of waiters that no remaining closure can free.
+"""The coordinator-side step watchdog: frees waiters no closure can free and
+runs the quorum policy.
 
-A worker admitted to an open step waits for it to close. At the end of an
-epoch (or of a custom loop's schedule) the closures that could complete the
-quorum may never come, and `ClusterCoordinator.join()` would then wait on the
-waiters forever (hazard 3 of DESIGN.md). This thread watches the
-coordinator's closure queue: once every pending closure is a waiter, it bumps
-the release generation on the protocol PS and the waiters return, leaving the
-open step open for later closures. A release never touches protocol state, so
-a spurious one only costs a little efficiency.
+Releases. A worker admitted to an open step waits for it to close. At the end
+of an epoch (or of a custom loop's schedule) the closures that could complete
+the quorum may never come, and `ClusterCoordinator.join()` would wait on the
+waiters forever (hazard 3 of DESIGN.md). Once every pending closure is a
+waiter, the watchdog bumps the release generation on the protocol PS and the
+waiters return, leaving the open step open for later closures. A release
+never touches protocol state, so a spurious one only costs efficiency.
+
+Quorum policy. The open step's clock runs only while closures are pending (an
+idle coordinator is not a slow cluster). The policy may lower the step's
+quorum (the next push then closes it, a degraded step) or fail the run: the
+protocol PS is flagged, so every closure raises, and the coordinator's queue
+is failed too, so `join()` raises even when no worker is left to run one.
 """
 import threading
+import time
 
 from absl import logging
+
+from ps_sync import quorum as quorum_lib
+
+
+class QuorumTimeoutError(RuntimeError):
+    """The quorum policy gave up on a step."""
+
+
+def _closure_queue(coordinator):
+    return getattr(getattr(coordinator, "_cluster", None), "closure_queue",
+                   None)
 
 
 def pending_closures(coordinator):
     """Closures scheduled but not finished, or None if unknown."""
-    queue = getattr(getattr(coordinator, "_cluster", None), "closure_queue",
-                    None)
-    if queue is None:
-        return None
+    queue = _closure_queue(coordinator)
     try:
         tagged = sum(q.qsize() for q in list(queue._tagged_queue.values()))
         return queue._queue.qsize() + tagged + queue._inflight_closure_count
@@ -27,22 +42,41 @@ def pending_closures(coordinator):
         return None
 
 
-class ReleaseWatchdog:
+def _fail_queue(coordinator, error):
+    queue = _closure_queue(coordinator)
+    try:
+        with queue._queue_lock:
+            if queue._error is None:
+                queue._error = error
+            queue._stop_waiting_condition.notify_all()
+    except AttributeError:
+        logging.error("ps_sync: cannot fail this ClusterCoordinator's queue; "
+                      "closures still raise: %s", error)
 
-    def __init__(self, protocol, coordinator, interval_s=0.05):
+
+class StepWatchdog:
+
+    def __init__(self, protocol, coordinator, policy=None, interval_s=0.05):
         self._protocol = protocol
         self._coordinator = coordinator
+        self._policy = policy or quorum_lib.FixedQuorum()
         self._interval_s = interval_s
         self._stop = threading.Event()
         self.releases = 0
+        self.degraded_steps = []
+        self.failure = None
+        self._step = None
+        self._open_since = None
+        self._lowered_step = None
         self._thread = threading.Thread(target=self._run, daemon=True,
-                                        name="ps_sync-release-watchdog")
+                                        name="ps_sync-step-watchdog")
 
     def start(self):
         if pending_closures(self._coordinator) is None:
             logging.warning(
                 "ps_sync: this TensorFlow's ClusterCoordinator does not expose "
-                "its closure queue; waiters are freed only by max_wait_s")
+                "its closure queue; waiters are freed only by max_wait_s and "
+                "the quorum policy is not applied")
             return self
         self._thread.start()
         return self
@@ -51,19 +85,51 @@ class ReleaseWatchdog:
         self._stop.set()
 
     def _run(self):
-        limit = self._protocol.total_num_replicas
         while not self._stop.wait(self._interval_s):
             try:
-                pending = pending_closures(self._coordinator)
-                if pending is None or pending > limit:
-                    continue
-                waiting = self._protocol.num_waiting()
-                # Re-read: a closure may have been scheduled meanwhile.
-                if waiting and pending_closures(self._coordinator) <= waiting:
-                    self._protocol.release_waiters()
-                    self.releases += 1
+                self._tick()
             except Exception as e:  # pylint: disable=broad-except
-                # The cluster may be going away; the waiters' own deadline
-                # still bounds every wait.
+                # The cluster may be going away; every wait stays bounded by
+                # max_wait_s regardless.
                 logging.log_every_n(logging.WARNING,
                                     "ps_sync watchdog: %s", 100, e)
+
+    def _tick(self):
+        pending = pending_closures(self._coordinator)
+        if pending is None:
+            return
+        if pending <= self._protocol.total_num_replicas:
+            waiting = self._protocol.num_waiting()
+            # Re-read: a closure may have been scheduled meanwhile.
+            if waiting and pending_closures(self._coordinator) <= waiting:
+                self._protocol.release_waiters()
+                self.releases += 1
+        if isinstance(self._policy, quorum_lib.FixedQuorum):
+            return
+        now = time.monotonic()
+        step, count, admitted = self._protocol.open_step()
+        if step != self._step or pending == 0:
+            self._step, self._open_since = step, now
+            return
+        decision = self._policy.decide(quorum_lib.OpenStep(
+            step=step, count=count, admitted=admitted,
+            open_for_s=now - self._open_since,
+            replicas_to_aggregate=self._protocol.replicas_to_aggregate,
+            total_num_replicas=self._protocol.total_num_replicas))
+        if decision is None:
+            return
+        if decision.fail:
+            self.failure = decision.fail
+            logging.error("%s", decision.fail)
+            self._protocol.fail(decision.fail)
+            self._protocol.release_waiters()
+            _fail_queue(self._coordinator, QuorumTimeoutError(decision.fail))
+            self._stop.set()
+        elif decision.quorum is not None and self._lowered_step != step:
+            self._lowered_step = step
+            self._protocol.lower_quorum(step, decision.quorum)
+            self.degraded_steps.append((step, decision.quorum))
+            logging.warning(
+                "ps_sync: step %d degraded to a quorum of %d after %.1f s "
+                "(admitted workers %s)", step, decision.quorum,
+                now - self._open_since, list(admitted))
