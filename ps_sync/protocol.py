@@ -196,16 +196,17 @@ class SyncProtocol(tf.Module):
             return tf.identity(count)
 
     def _admit_and_maybe_apply(self, worker, tag, ready_at, computed_at,
-                               grads, step_var, apply_fn):
+                               grads, step_var, apply_fn, contribute):
         """Body of the push's critical section: (outcome, open step, failed).
 
         The step closes here, and only here, once its admitted count reaches
         the quorum: normally on the N-th admitted push; after the policy
-        lowered the quorum, on whichever push comes next.
+        lowered the quorum, on the next push or on a waiter's second pass
+        (`contribute` false: no gradient, not counted as a push).
         """
         arrived_at = tf.timestamp()
         step = self._realign(tf.cast(step_var.read_value(), tf.int64))
-        fresh = tf.equal(tag, step)
+        fresh = tf.logical_and(contribute, tf.equal(tag, step))
         duplicate = tf.equal(self.admitted[worker], 1)
 
         def admit():
@@ -231,12 +232,12 @@ class SyncProtocol(tf.Module):
         admitted = tf.equal(outcome, ADMITTED)
         outcome = tf.where(tf.logical_and(admitted, closed > 0),
                            ADMITTED_CLOSED, outcome)
-        counted = self.outcomes.scatter_nd_add([[worker, outcome]],
-                                               tf.constant([1], tf.int64))
-        logged = [self._record(dict(
+        counted = self.outcomes.scatter_nd_add(
+            [[worker, outcome]], [tf.cast(contribute, tf.int64)])
+        logged = [tf.cond(contribute, lambda: self._record(dict(
             step=step, tag=tag, worker=worker, ready_at=ready_at,
             computed_at=computed_at, arrived_at=arrived_at, outcome=outcome,
-            admitted_rank=rank, quorum=quorum))]
+            admitted_rank=rank, quorum=quorum)), lambda: tf.constant(False))]
         logged.append(tf.cond(
             tf.logical_and(closed > 0, tf.logical_not(admitted)),
             lambda: self._record(dict(
@@ -302,16 +303,33 @@ class SyncProtocol(tf.Module):
         deps = [g.values if isinstance(g, tf.IndexedSlices) else g
                 for g in grads] + [tag, ready_at]
         cs = self._critical_section(deps, "push")
-        outcome, step, failed = cs.execute(
-            lambda: self._admit_and_maybe_apply(
-                worker, tag, ready_at, computed_at, grads, step_var, apply_fn),
-            exclusive_resource_access=False)
 
-        # An admitted worker that did not close the step would only compute a
-        # gradient certain to be dropped: wait for the new version instead.
-        waited = tf.cond(tf.equal(outcome, ADMITTED),
-                         lambda: self._wait_for_close(worker, step),
-                         lambda: tf.constant(-1))
+        def one_pass(mode, first_outcome, first_wait, failed):
+            """Pass 0 pushes the gradient and, if admitted without closing
+            the step, waits for it to close. Pass 1 runs only when the policy
+            lowered the quorum during that wait: the waiter closes the step
+            itself instead of spending a gradient computation on it."""
+            contribute = tf.equal(mode, 0)
+            outcome, step, failed = cs.execute(
+                lambda: self._admit_and_maybe_apply(
+                    worker, tag, ready_at, computed_at, grads, step_var,
+                    apply_fn, contribute),
+                exclusive_resource_access=False)
+            # An admitted worker that did not close the step would only
+            # compute a gradient certain to be dropped: wait for the new
+            # version instead.
+            waited = tf.cond(
+                tf.logical_and(contribute, tf.equal(outcome, ADMITTED)),
+                lambda: self._wait_for_close(worker, step),
+                lambda: tf.constant(-1))
+            next_mode = tf.where(tf.equal(waited, WAIT_QUORUM), 1, 2)
+            return (next_mode, tf.where(contribute, outcome, first_outcome),
+                    tf.where(contribute, waited, first_wait), failed)
+
+        _, outcome, waited, failed = tf.while_loop(
+            lambda mode, *_: mode < 2, one_pass,
+            [tf.constant(0), tf.constant(-1), tf.constant(-1),
+             tf.constant(0)])
         with tf.control_dependencies([waited]), tf.device(self._device):
             ok = tf.logical_and(tf.equal(failed, 0),
                                 tf.not_equal(waited, WAIT_FAILED))

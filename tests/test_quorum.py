@@ -1,0 +1,108 @@
+"""Quorum policies: the decisions (pure Python) and a step whose quorum
+cannot arrive, released by each timeout policy on a real cluster."""
+import pytest
+
+from ps_sync import quorum
+from ps_sync.testing import fresh_interpreter
+
+HERE = __name__
+
+
+def _open(count, open_for_s, admitted=(0,), n=3, total=3):
+    return quorum.OpenStep(step=7, count=count, admitted=tuple(admitted),
+                           open_for_s=open_for_s, replicas_to_aggregate=n,
+                           total_num_replicas=total)
+
+
+def test_fixed_never_intervenes():
+    assert quorum.FixedQuorum().decide(_open(1, 1e9)) is None
+
+
+def test_degrade_waits_for_timeout_and_minimum():
+    policy = quorum.TimeoutThenDegrade(min_replicas_to_aggregate=2,
+                                       quorum_timeout_s=5)
+    assert policy.decide(_open(2, 4.9, (0, 1))) is None       # too early
+    assert policy.decide(_open(1, 60, (0,))) is None           # too few
+    assert policy.decide(_open(2, 5.0, (0, 1))).quorum == 2
+
+
+def test_fail_names_the_missing_workers():
+    decision = quorum.TimeoutThenFail(3).decide(_open(1, 3.5, (1,), n=2,
+                                                      total=4))
+    assert "worker-0, worker-2, worker-3" in decision.fail
+    assert "step 7 has 1 of 2" in decision.fail
+
+
+def test_config_round_trip_and_errors():
+    policy = quorum.TimeoutThenDegrade(2, 1.5)
+    again = quorum.from_config(policy.get_config())
+    assert isinstance(again, quorum.TimeoutThenDegrade)
+    assert (again.min_replicas_to_aggregate, again.quorum_timeout_s) == (2, 1.5)
+    assert isinstance(quorum.from_config(None), quorum.FixedQuorum)
+    with pytest.raises(ValueError, match="unknown quorum policy 'sometimes'"):
+        quorum.from_config({"policy": "sometimes"})
+    with pytest.raises(ValueError, match="min_replicas_to_aggregate"):
+        quorum.TimeoutThenDegrade(0, 1)
+
+
+def _stuck_worker_run(policy):
+    """3 workers, all 3 needed, worker 2 stalls 6 s on every batch."""
+    import tensorflow as tf
+    from ps_sync.optimizer import SyncReplicasWithBackups
+    from ps_sync.testing import inprocess_cluster
+    from tests import probe
+
+    strategy = inprocess_cluster.strategy(3, 1)
+    coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
+    with strategy.scope():
+        model = probe.ProbeModel(3)
+        model.build([None, 1])
+        opt = SyncReplicasWithBackups(tf.keras.optimizers.SGD(probe.LR), 3, 3,
+                                      quorum_policy=policy)
+    iterator = iter(coordinator.create_per_worker_dataset(
+        probe.delayed_dataset_fn([0.0, 0.0, 6.0], 3)))
+
+    @tf.function
+    def step(it):
+        def replica_fn(x):
+            with tf.GradientTape() as tape:
+                loss = probe.probe_loss(None, model(x))
+            grads = tape.gradient(loss, model.trainable_variables)
+            opt.apply_gradients(zip(grads, model.trainable_variables))
+        return strategy.run(replica_fn, args=(next(it),))
+
+    error = None
+    try:
+        for _ in range(12):
+            coordinator.schedule(step, args=(iterator,))
+        coordinator.join()
+    except Exception as e:  # pylint: disable=broad-except
+        error = "%s: %s" % (type(e).__name__, e)
+    opt.telemetry.drain()
+    steps = opt.telemetry.steps
+    return {"error": error, "iterations": int(opt.iterations.numpy()),
+            "degraded": [s["admitted"] for s in steps if s["degraded"]],
+            "full": [s["admitted"] for s in steps if not s["degraded"]]}
+
+
+def test_timeout_then_degrade_closes_steps_without_the_stuck_worker():
+    r = fresh_interpreter.run(
+        HERE + ":_stuck_worker_run",
+        dict(policy={"policy": "timeout_degrade",
+                     "min_replicas_to_aggregate": 2,
+                     "quorum_timeout_s": 0.5}), timeout=240)
+    assert r["error"] is None
+    assert len(r["degraded"]) >= 3
+    # Degraded steps hold the two live workers, never fewer than the minimum.
+    assert all(sorted(a) == [0, 1] for a in r["degraded"])
+    assert r["iterations"] == len(r["degraded"]) + len(r["full"])
+
+
+def test_timeout_then_fail_stops_with_the_missing_worker_named():
+    r = fresh_interpreter.run(
+        HERE + ":_stuck_worker_run",
+        dict(policy={"policy": "timeout_fail", "quorum_timeout_s": 0.5}),
+        timeout=240)
+    assert r["error"] is not None
+    assert "worker-2" in r["error"] and "quorum_timeout_s=0.5" in r["error"]
+    assert r["degraded"] == []
