@@ -58,6 +58,10 @@ class TaskFailed(ClusterError):
         self.returncode = task.returncode
 
 
+class CannotStart(ClusterError):
+    """A task's command could not be executed at all."""
+
+
 class Interrupted(BaseException):
     """The parent got SIGTERM/SIGINT/SIGHUP; raised in the main thread so
     `with` blocks unwind and tear the cluster down."""
@@ -179,7 +183,7 @@ class LocalCluster:
         self.handle_signals = handle_signals
         self.cwd = cwd or os.getcwd()
         self._lock = threading.Lock()
-        self._events = open(os.path.join(self.run_dir, "events.jsonl"), "a")
+        self._events = None  # events.jsonl, opened by start()
         self._saved_handlers = {}
         self._started = self._stopped = False
 
@@ -237,6 +241,7 @@ class LocalCluster:
         if self._started:
             raise ClusterError("cluster already started")
         self._started = True
+        self._events = open(os.path.join(self.run_dir, "events.jsonl"), "a")
         atexit.register(self.stop)
         if self.handle_signals and (threading.current_thread()
                                     is threading.main_thread()):
@@ -326,7 +331,7 @@ class LocalCluster:
         if sig not in (signal.SIGSTOP, signal.SIGCONT) and task.paused:
             _killpg(task, signal.SIGCONT)  # a stopped process holds signals
             task.paused = False
-        if wait:
+        if wait and sig not in (signal.SIGSTOP, signal.SIGCONT):
             task.proc.wait()
         return task.returncode
 
@@ -385,7 +390,8 @@ class LocalCluster:
             for task in self.tasks.values():
                 self._join_pump(task)
             self.say("stopped all tasks; logs in %s" % self.run_dir)
-            self._events.close()
+            if self._events is not None:
+                self._events.close()
         finally:
             for sig, handler in self._saved_handlers.items():
                 signal.signal(sig, handler)
@@ -412,10 +418,15 @@ class LocalCluster:
         env = dict(os.environ)
         env.update(self._task_env_vars(task.job, task.index))
         log = open(os.path.join(self.run_dir, task.name + ".log"), "ab")
-        task.proc = subprocess.Popen(
-            task.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env=env, cwd=self.cwd,
-            start_new_session=True)  # own group: killed whole, no orphans
+        try:
+            task.proc = subprocess.Popen(
+                task.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env=env, cwd=self.cwd,
+                start_new_session=True)  # own group: killed whole, no orphans
+        except OSError as e:
+            log.close()
+            raise CannotStart("cannot start %s with command %s: %s" % (
+                task.name, " ".join(task.argv), e)) from None
         task.starts += 1
         task.paused = False
         log.write(b"=== %s start %d, pid %d, at %s\n" % (
@@ -469,7 +480,7 @@ class LocalCluster:
         record = dict(time=time.time(), event=event, task=task.name,
                       pid=task.pid, **fields)
         with self._lock:
-            if not self._events.closed:
+            if self._events is not None and not self._events.closed:
                 self._events.write(json.dumps(record) + "\n")
                 self._events.flush()
 

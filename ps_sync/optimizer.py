@@ -151,12 +151,15 @@ class _SyncReplicasMixin:
             if not tf.distribute.has_strategy():
                 scopes.enter_context(strategy.scope())
             self._build_inner(var_list)
-            self._protocol = protocol_lib.SyncProtocol(
+            # Not a checkpoint dependency (the wrapper delegates tracking to
+            # the wrapped optimizer): protocol state must never be restored,
+            # the protocol realigns to the restored step instead.
+            self._protocol = self._no_dependency(protocol_lib.SyncProtocol(
                 var_list, self._replicas_to_aggregate,
                 self._total_num_replicas,
                 poll_interval_s=self._poll_interval_s,
                 max_wait_s=self._max_wait_s,
-                initial_step=int(self._optimizer.iterations.numpy()))
+                initial_step=int(self._optimizer.iterations.numpy())))
             coordinator = getattr(strategy, "_cluster_coordinator", None)
             if coordinator is not None:
                 self._watchdog = watchdog_lib.StepWatchdog(
@@ -198,6 +201,8 @@ class _SyncReplicasMixin:
             return tf.identity(self._optimizer.iterations.read_value())
 
 
+@tf.keras.utils.register_keras_serializable(package="ps_sync",
+                                            name="SyncReplicasWithBackups")
 class _SyncReplicasV3(tf.__internal__.tracking.DelegatingTrackableMixin,
                       optimizer_v3.Optimizer, _SyncReplicasMixin):
     """Wrapper for the current tf.keras.optimizers.Optimizer family."""
@@ -301,6 +306,8 @@ class _SyncReplicasV3(tf.__internal__.tracking.DelegatingTrackableMixin,
         return SyncReplicasWithBackups(inner, **config)
 
 
+@tf.keras.utils.register_keras_serializable(
+    package="ps_sync", name="SyncReplicasWithBackupsLegacy")
 class _SyncReplicasLegacy(tf.__internal__.tracking.DelegatingTrackableMixin,
                           optimizer_v2.OptimizerV2, _SyncReplicasMixin):
     """Wrapper for the tf.keras.optimizers.legacy family (OptimizerV2)."""

@@ -29,20 +29,23 @@ DROPPED_STALE = 0      # computed on an older version
 DROPPED_DUPLICATE = 1  # this worker already contributed to the open step
 ADMITTED = 2           # counted in the open step, which stays open
 ADMITTED_CLOSED = 3    # counted, and completed the quorum: step applied
-POLICY_CLOSED = 4      # not a push outcome: a dropped push closed a step
-                       # whose quorum the policy lowered (a degraded step)
+DROPPED_LATE = 4       # fresh, but the step's quorum was already full (only
+                       # while a checkpoint holds the step open)
+POLICY_CLOSED = 5      # not a push outcome: a step closed by a push that did
+                       # not count in it, or by a waiter (degraded or held)
 OUTCOME_NAMES = ("dropped_stale", "dropped_duplicate", "admitted",
-                 "admitted_closed", "policy_closed")
-NUM_PUSH_OUTCOMES = 4
+                 "admitted_closed", "dropped_late", "policy_closed")
+NUM_PUSH_OUTCOMES = 5
 
 # Ways a wait for the step to close can end.
 WAIT_CLOSED = 0      # the step was applied
 WAIT_RELEASED = 1    # the watchdog saw no closure left that could close it
 WAIT_DEADLINE = 2    # max_wait_s passed
-WAIT_QUORUM = 3      # the policy lowered the quorum to what is admitted;
-                     # the next push closes the step
+WAIT_CLOSABLE = 3    # the quorum is there but nobody closed the step (the
+                     # policy lowered it, or a checkpoint hold ended): the
+                     # waiter closes it in a second pass
 WAIT_FAILED = 4      # the policy failed the run
-WAIT_NAMES = ("closed", "released", "deadline", "quorum_lowered", "failed")
+WAIT_NAMES = ("closed", "released", "deadline", "closable", "failed")
 
 # Telemetry ring buffer columns, one row per push (and per policy close).
 LOG_FIELDS = ("step", "tag", "worker", "ready_at", "computed_at",
@@ -113,6 +116,9 @@ class SyncProtocol(tf.Module):
                 self.release_gen = var(tf.constant(0, tf.int64),
                                        "release_gen")
                 self.failed = var(tf.constant(0, tf.int32), "failed")
+                # Set (inside the critical section) while the coordinator
+                # writes a checkpoint: steps fill up but do not close.
+                self.hold = var(tf.constant(0, tf.int32), "hold")
                 self.fail_message = var(tf.constant(""), "fail_message")
                 self.outcomes = var(tf.zeros([n, NUM_PUSH_OUTCOMES], tf.int64),
                                     "outcomes")
@@ -121,6 +127,9 @@ class SyncProtocol(tf.Module):
                 self.log = var(tf.zeros([LOG_CAPACITY, len(LOG_FIELDS)],
                                         tf.float64), "log")
                 self.log_next = var(tf.constant(0, tf.int64), "log_next")
+                # Odd while an update is being applied (a seqlock), so the
+                # coordinator can tell whether a checkpoint read a torn state.
+                self.apply_seq = var(tf.constant(0, tf.int64), "apply_seq")
             self.accumulators = []
             for v in var_list:
                 with strategy.extended.colocate_vars_with(v):
@@ -128,6 +137,7 @@ class SyncProtocol(tf.Module):
                         var(tf.zeros(v.shape, v.dtype),
                             "acc_" + v.name.split(":")[0].replace("/", "_")))
         self._device = self.published.device
+        self._set_hold_fn = None
 
     # -- graph pieces, all traced inside the worker function ---------------
 
@@ -166,6 +176,12 @@ class SyncProtocol(tf.Module):
                         tf.cast(lowered % 2**16, tf.int32),
                         self.replicas_to_aggregate)
 
+    def _closable(self, step):
+        count = self.count.read_value()
+        return tf.logical_and(
+            tf.logical_and(count > 0, count >= self._quorum(step)),
+            tf.equal(self.hold.read_value(), 0))
+
     def _accumulate(self, grads):
         ops = []
         for acc, g in zip(self.accumulators, grads):
@@ -178,9 +194,11 @@ class SyncProtocol(tf.Module):
     def _close(self, step_var, apply_fn):
         """Apply the mean of the accumulated gradients and open the next step.
         Returns the quorum the step closed with."""
-        count = self.count.read_value()
-        means = [acc.read_value() / tf.cast(count, acc.dtype)
-                 for acc in self.accumulators]
+        begin = self.apply_seq.assign_add(1, read_value=True)
+        with tf.control_dependencies([begin]):
+            count = self.count.read_value()
+            means = [acc.read_value() / tf.cast(count, acc.dtype)
+                     for acc in self.accumulators]
         applied = apply_fn(means)
         with tf.control_dependencies(tf.nest.flatten(applied)):
             new_step = tf.cast(step_var.read_value(), tf.int64)
@@ -191,8 +209,10 @@ class SyncProtocol(tf.Module):
                        self.admitted.assign(tf.zeros_like(self.admitted))]
         # Written last: a tag equal to it promises a complete version.
         with tf.control_dependencies(resets):
-            published = self.published.assign(new_step)
+            published = self.published.assign(new_step, read_value=True)
         with tf.control_dependencies([published]):
+            end = self.apply_seq.assign_add(1, read_value=True)
+        with tf.control_dependencies([end]):
             return tf.identity(count)
 
     def _admit_and_maybe_apply(self, worker, tag, ready_at, computed_at,
@@ -208,6 +228,7 @@ class SyncProtocol(tf.Module):
         step = self._realign(tf.cast(step_var.read_value(), tf.int64))
         fresh = tf.logical_and(contribute, tf.equal(tag, step))
         duplicate = tf.equal(self.admitted[worker], 1)
+        full = self.count >= self._quorum(step)
 
         def admit():
             with tf.control_dependencies(self._accumulate(grads)):
@@ -221,14 +242,14 @@ class SyncProtocol(tf.Module):
 
         outcome, rank = tf.case(
             [(tf.logical_not(fresh), drop(DROPPED_STALE)),
-             (duplicate, drop(DROPPED_DUPLICATE))],
+             (duplicate, drop(DROPPED_DUPLICATE)),
+             (full, drop(DROPPED_LATE))],
             default=admit, exclusive=False)
         with tf.control_dependencies([outcome, rank]):
-            count = self.count.read_value()
             quorum = self._quorum(step)
-        closed = tf.cond(
-            tf.logical_and(count > 0, count >= quorum),
-            lambda: self._close(step_var, apply_fn), lambda: tf.constant(0))
+            closable = self._closable(step)
+        closed = tf.cond(closable, lambda: self._close(step_var, apply_fn),
+                         lambda: tf.constant(0))
         admitted = tf.equal(outcome, ADMITTED)
         outcome = tf.where(tf.logical_and(admitted, closed > 0),
                            ADMITTED_CLOSED, outcome)
@@ -262,15 +283,17 @@ class SyncProtocol(tf.Module):
             with tf.control_dependencies([_sleep(self.poll_interval_s)]):
                 closed = self.published.read_value() > step
                 released = self.release_gen.read_value() > release
-                lowered = tf.logical_and(
-                    tf.equal(self.lowered.read_value() // 2**16, step),
-                    self.count.read_value() >= self._quorum(step))
+                # Even apply_seq: no close in flight (a closer shows the
+                # full count until it resets it).
+                closable = tf.logical_and(
+                    tf.equal(self.apply_seq.read_value() % 2, 0),
+                    self._closable(step))
                 failed = self.failed.read_value() > 0
                 late = tf.timestamp() > deadline
             ended = -1
             for flag, reason in ((late, WAIT_DEADLINE),
                                  (released, WAIT_RELEASED),
-                                 (lowered, WAIT_QUORUM),
+                                 (closable, WAIT_CLOSABLE),
                                  (failed, WAIT_FAILED),
                                  (closed, WAIT_CLOSED)):
                 ended = tf.where(flag, reason, ended)
@@ -307,7 +330,8 @@ class SyncProtocol(tf.Module):
         def one_pass(mode, first_outcome, first_wait, failed):
             """Pass 0 pushes the gradient and, if admitted without closing
             the step, waits for it to close. Pass 1 runs only when the policy
-            lowered the quorum during that wait: the waiter closes the step
+            lowered the quorum or a checkpoint hold ended during that wait:
+            the waiter closes the step
             itself instead of spending a gradient computation on it."""
             contribute = tf.equal(mode, 0)
             outcome, step, failed = cs.execute(
@@ -322,7 +346,7 @@ class SyncProtocol(tf.Module):
                 tf.logical_and(contribute, tf.equal(outcome, ADMITTED)),
                 lambda: self._wait_for_close(worker, step),
                 lambda: tf.constant(-1))
-            next_mode = tf.where(tf.equal(waited, WAIT_QUORUM), 1, 2)
+            next_mode = tf.where(tf.equal(waited, WAIT_CLOSABLE), 1, 2)
             return (next_mode, tf.where(contribute, outcome, first_outcome),
                     tf.where(contribute, waited, first_wait), failed)
 
@@ -354,6 +378,19 @@ class SyncProtocol(tf.Module):
         quorum = max(1, min(int(quorum), self.replicas_to_aggregate))
         self.lowered.assign(int(step) * 2**16 + quorum)
 
+    def set_hold(self, on):
+        """Hold (or let go) every step close. Runs inside the critical
+        section, so once it returns no update is being applied."""
+        if self._set_hold_fn is None:
+            @tf.function
+            def set_hold_fn(value):
+                cs = self._critical_section([value], "hold")
+                return cs.execute(lambda: self.hold.assign(value,
+                                                           read_value=True),
+                                  exclusive_resource_access=False)
+            self._set_hold_fn = set_hold_fn
+        self._set_hold_fn(tf.constant(1 if on else 0, tf.int32))
+
     def fail(self, message):
         self.fail_message.assign(message)
         self.failed.assign(1)
@@ -363,6 +400,10 @@ class SyncProtocol(tf.Module):
         return (int(self.published.numpy()), int(self.count.numpy()),
                 tuple(int(w) for w in tf.where(self.admitted > 0)[:, 0]
                       .numpy()))
+
+    def apply_sequence(self):
+        """The apply seqlock counter: odd while an update is applied."""
+        return int(self.apply_seq.numpy())
 
     def num_waiting(self):
         return int(tf.reduce_sum(self.waiting).numpy())
