@@ -27,7 +27,7 @@ NUM_CLASSES = 1000
 SOURCES = ("tfrecord", "tfds")
 SPLITS = ("train", "validation")
 TFDS_NAME = "imagenet2012"
-SHUFFLE_BUFFER = 10000  # examples; inception used 1024 * 16 per reader
+SHUFFLE_BUFFER = 10000  # examples; inception's shuffle queue held 1024 * 16
 _TFRECORD_PATTERN = "%s-?????-of-?????"
 
 
@@ -102,7 +102,7 @@ def _tfrecord_examples(data_dir, split, shuffle_seed=None):
     return records.map(parse_example, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-# --- TFDS imagenet2012 --------------------------------------------------------
+# --- TFDS imagenet2012 -----------------------------------------------------
 
 def _ensure_importlib_resources():
     """TFDS 4.9 imports the `importlib_resources` backport when it prepares

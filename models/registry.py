@@ -1,7 +1,7 @@
 """Models by name, with the loss recipe that goes with each.
 
     model = registry.build_model("inception_v3_small", num_classes=1000)
-    model.compile(optimizer=..., **registry.compile_kwargs("inception_v3_small"))
+    model.compile(optimizer, **registry.compile_kwargs("inception_v3_small"))
 
 Inception models have two outputs, `logits` and `aux_logits`; their loss is
 cross-entropy with label smoothing 0.1 on both, the auxiliary one weighted
@@ -25,7 +25,7 @@ AUX_OUTPUT = "aux_logits"
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     name: str
-    build: Callable[..., tf.keras.Model]  # build(num_classes, input_shape, **kw)
+    build: Callable[..., tf.keras.Model]  # (num_classes, input_shape, **kw)
     input_shape: Tuple[int, int, int]     # default input shape
     label_smoothing: float = 0.0
     aux_loss_weight: Optional[float] = None  # None: no auxiliary head

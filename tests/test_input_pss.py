@@ -25,11 +25,13 @@ def _per_worker_batches(strategy, coordinator, dataset_fn, steps,
     iterator = iter(coordinator.create_per_worker_dataset(
         per_worker_dataset_fn))
 
+    coordinator_api = tf.distribute.coordinator
+    worker_index = coordinator_api.experimental_get_current_worker_index
+
     @tf.function
     def step(it):
         x, y = next(it)
-        return (tf.distribute.coordinator.experimental_get_current_worker_index(),
-                x, y)
+        return worker_index(), x, y
 
     by_worker = {}
     for _ in range(max_rounds):
