@@ -21,9 +21,10 @@ Definitions (times in seconds, all from telemetry records):
 - Waiting: from `computed_at` of a push to `ready_at` of the worker's next
   push (sending it, admission, waiting for the step to close).
 - A worker's first push has no `ready_at` (0) and counts in neither.
-- Observed delay of an injected pause: over the paused worker's pushes whose
-  [ready_at, arrived_at] overlaps the pause, the sum of their step times in
-  excess of that worker's median step time outside pauses.
+- Observed delay of an injected pause: over the gaps between the paused
+  worker's consecutive arrivals that overlap the pause, the sum of their
+  excess over that worker's median gap outside pauses. Pauses before its
+  first or after its last push (start-up, shutdown) have none.
 """
 import ps_sync.keras_env  # noqa: F401  (telemetry loads TensorFlow)
 
@@ -239,35 +240,36 @@ def push_counts(pushes, num_workers):
 
 
 def pause_delays(pushes, pauses):
-    """Each injected pause with the delay the paused worker's pushes show."""
+    """Each injected pause with the delay the paused worker shows: over the
+    gaps between its consecutive arrivals that the pause overlaps, the sum
+    of their excess over its median gap outside pauses (a stopped process
+    delays whatever it was doing: computing, pushing or waiting)."""
     if not pauses:
         return []
-    in_pause = collections.defaultdict(list)  # worker -> [(lo, hi)]
+    windows = collections.defaultdict(list)  # worker -> [(start, end)]
     for pause in pauses:
-        in_pause[pause["worker"]].append((pause["start"], pause["end"]))
-
-    def overlaps(p, lo, hi):
-        return p["ready_at"] < hi and p["arrived_at"] > lo
-
-    baseline = {}
-    for worker in in_pause:
-        clean = [p["arrived_at"] - p["ready_at"] for p in pushes
-                 if p["worker"] == worker and p["ready_at"] > 0
-                 and not any(overlaps(p, lo, hi) for lo, hi in in_pause[worker])]
+        windows[pause["worker"]].append((pause["start"], pause["end"]))
+    gaps = {}      # worker -> [(from, to, outcome of the push at `to`)]
+    baseline = {}  # worker -> median clean gap
+    for worker in windows:
+        mine = sorted((p for p in pushes if p["worker"] == worker),
+                      key=lambda p: p["arrived_at"])
+        gaps[worker] = [(a["arrived_at"], b["arrived_at"], b["outcome"])
+                        for a, b in zip(mine, mine[1:])]
+        clean = [hi - lo for lo, hi, _ in gaps[worker]
+                 if not any(lo < e and hi > s for s, e in windows[worker])]
         baseline[worker] = quantile(clean, 0.5) if clean else 0.0
     out = []
     for pause in pauses:
-        hit = [p for p in pushes if p["worker"] == pause["worker"]
-               and p["ready_at"] > 0
-               and overlaps(p, pause["start"], pause["end"])]
-        observed = (sum(max(0.0, p["arrived_at"] - p["ready_at"]
-                            - baseline[pause["worker"]]) for p in hit)
-                    if hit else None)
-        out.append(dict(pause, pushes_affected=len(hit),
+        worker = pause["worker"]
+        hit = [g for g in gaps[worker]
+               if g[0] < pause["end"] and g[1] > pause["start"]]
+        observed = (sum(max(0.0, hi - lo - baseline[worker])
+                        for lo, hi, _ in hit) if hit else None)
+        out.append(dict(pause, gaps_affected=len(hit),
                         observed_delay_s=observed,
-                        dropped_affected=sum(
-                            1 for p in hit
-                            if not p["outcome"].startswith("admitted"))))
+                        baseline_gap_s=baseline[worker],
+                        next_push_outcome=hit[-1][2] if hit else None))
     return out
 
 
@@ -361,7 +363,7 @@ def text_report(result):
     pauses = result["pauses"]
     if pauses is not None:
         lines += ["", "Injected pauses: %d, %.1f s in total; observed delay "
-                  "%.1f s over the %d that overlapped a push"
+                  "%.1f s over the %d during training"
                   % (pauses["count"], pauses["injected_s"],
                      pauses["observed_s"], pauses["matched"])]
     return "\n".join(lines) + "\n"
@@ -452,7 +454,7 @@ def plot_pauses(result, path):
     ax.plot([0, top], [0, top], color="grey", linestyle="--", linewidth=1,
             label="observed = injected")
     ax.set_xlabel("injected pause (s)")
-    ax.set_ylabel("observed extra step time (s)")
+    ax.set_ylabel("observed extra gap between its pushes (s)")
     ax.set_title("Injected pauses vs observed delays")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)

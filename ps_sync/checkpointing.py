@@ -75,6 +75,8 @@ class UpdateCheckpointer:
         finally:
             if protocol is not None:
                 protocol.set_hold(False)
+                # Steps that filled up during the hold close now.
+                protocol.close_if_closable()
         self._last_saved = step
         self.saves.append((step, path))
         return path

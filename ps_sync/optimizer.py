@@ -160,6 +160,10 @@ class _SyncReplicasMixin:
                 poll_interval_s=self._poll_interval_s,
                 max_wait_s=self._max_wait_s,
                 initial_step=int(self._optimizer.iterations.numpy())))
+            self._protocol.set_coordinator_apply(
+                lambda means: self._cross_replica_apply(
+                    strategy, list(zip(means, var_list)), None),
+                self._optimizer.iterations, strategy)
             coordinator = getattr(strategy, "_cluster_coordinator", None)
             if coordinator is not None:
                 self._watchdog = watchdog_lib.StepWatchdog(

@@ -41,11 +41,8 @@ NUM_PUSH_OUTCOMES = 5
 WAIT_CLOSED = 0      # the step was applied
 WAIT_RELEASED = 1    # the watchdog saw no closure left that could close it
 WAIT_DEADLINE = 2    # max_wait_s passed
-WAIT_CLOSABLE = 3    # the quorum is there but nobody closed the step (the
-                     # policy lowered it, or a checkpoint hold ended): the
-                     # waiter closes it in a second pass
-WAIT_FAILED = 4      # the policy failed the run
-WAIT_NAMES = ("closed", "released", "deadline", "closable", "failed")
+WAIT_FAILED = 3      # the policy failed the run
+WAIT_NAMES = ("closed", "released", "deadline", "failed")
 
 # Telemetry ring buffer columns, one row per push (and per policy close).
 LOG_FIELDS = ("step", "tag", "worker", "ready_at", "computed_at",
@@ -138,6 +135,8 @@ class SyncProtocol(tf.Module):
                             "acc_" + v.name.split(":")[0].replace("/", "_")))
         self._device = self.published.device
         self._set_hold_fn = None
+        self._close_fn = None
+        self._coordinator_apply = None
 
     # -- graph pieces, all traced inside the worker function ---------------
 
@@ -149,12 +148,17 @@ class SyncProtocol(tf.Module):
                 shared_name="ps_sync_%s_step" % self.run_id,
                 name="ps_sync_" + purpose)
 
-    def _record(self, fields):
-        """Append one telemetry row (inside the critical section)."""
+    def _record(self, fields, keep=True):
+        """Append one telemetry row (inside the critical section). With
+        `keep` false the row is written but not appended: no tf.cond, which
+        costs more than a row on the PS."""
         row = tf.stack([_f64(fields[name]) for name in LOG_FIELDS])
-        index = self.log_next.assign_add(1, read_value=True) - 1
+        index = self.log_next.read_value()
         written = self.log.scatter_nd_update([[index % LOG_CAPACITY]], [row])
         with tf.control_dependencies([written]):
+            appended = self.log_next.assign_add(tf.cast(keep, tf.int64),
+                                                read_value=True)
+        with tf.control_dependencies([appended]):
             return tf.constant(True)
 
     def _realign(self, step):
@@ -215,100 +219,116 @@ class SyncProtocol(tf.Module):
         with tf.control_dependencies([end]):
             return tf.identity(count)
 
-    def _admit_and_maybe_apply(self, worker, tag, ready_at, computed_at,
-                               grads, step_var, apply_fn, contribute):
-        """Body of the push's critical section: (outcome, open step, failed).
+    def _retag(self, worker, keep=False):
+        """Give `worker` the current version as the tag of its next gradient
+        (the version its next forward pass will read, or a newer one);
+        `keep` leaves the tag as it is (a waiter retags after its wait)."""
+        tag = self.worker_tag.scatter_nd_update([[worker]], [tf.where(
+            keep, self.worker_tag[worker], self.published.read_value())])
+        stamp = self.ready_at.scatter_nd_update([[worker]], [tf.where(
+            keep, self.ready_at[worker], tf.timestamp())])
+        with tf.control_dependencies([tag, stamp]):
+            return tf.constant(True)
 
-        The step closes here, and only here, once its admitted count reaches
-        the quorum: normally on the N-th admitted push; after the policy
-        lowered the quorum, on the next push or on a waiter's second pass
-        (`contribute` false: no gradient, not counted as a push).
+    def _admit_and_maybe_apply(self, worker, computed_at, grads, step_var,
+                               apply_fn):
+        """Body of the push's critical section: (outcome, open step, release
+        generation, failed).
+
+        The step closes here once its admitted count reaches the quorum: on
+        the N-th admitted push, or, after a lowered quorum or a checkpoint
+        hold, on the next push (or the coordinator's `close_if_closable`).
         """
         arrived_at = tf.timestamp()
+        tag = self.worker_tag[worker]
+        ready_at = self.ready_at[worker]
         step = self._realign(tf.cast(step_var.read_value(), tf.int64))
-        fresh = tf.logical_and(contribute, tf.equal(tag, step))
-        duplicate = tf.equal(self.admitted[worker], 1)
-        full = self.count >= self._quorum(step)
+        # One tf.cond per decision: each costs far more than arithmetic.
+        outcome = tf.where(
+            tf.not_equal(tag, step), DROPPED_STALE,
+            tf.where(tf.equal(self.admitted[worker], 1), DROPPED_DUPLICATE,
+                     tf.where(self.count >= self._quorum(step), DROPPED_LATE,
+                              ADMITTED)))
 
         def admit():
             with tf.control_dependencies(self._accumulate(grads)):
                 rank = self.count.assign_add(1, read_value=True)
                 mark = self.admitted.scatter_nd_update([[worker]], [1])
             with tf.control_dependencies([mark]):
-                return tf.constant(ADMITTED), tf.identity(rank)
+                return tf.identity(rank)
 
-        def drop(outcome):
-            return lambda: (tf.constant(outcome), tf.constant(0))
-
-        outcome, rank = tf.case(
-            [(tf.logical_not(fresh), drop(DROPPED_STALE)),
-             (duplicate, drop(DROPPED_DUPLICATE)),
-             (full, drop(DROPPED_LATE))],
-            default=admit, exclusive=False)
-        with tf.control_dependencies([outcome, rank]):
+        rank = tf.cond(tf.equal(outcome, ADMITTED), admit,
+                       lambda: tf.constant(0))
+        with tf.control_dependencies([rank]):
             quorum = self._quorum(step)
-            closable = self._closable(step)
-        closed = tf.cond(closable, lambda: self._close(step_var, apply_fn),
-                         lambda: tf.constant(0))
+            closed = self._close_if_closable(step, step_var, apply_fn, worker,
+                                             tf.logical_not(tf.equal(
+                                                 outcome, ADMITTED)))
         admitted = tf.equal(outcome, ADMITTED)
         outcome = tf.where(tf.logical_and(admitted, closed > 0),
                            ADMITTED_CLOSED, outcome)
-        counted = self.outcomes.scatter_nd_add(
-            [[worker, outcome]], [tf.cast(contribute, tf.int64)])
-        logged = [tf.cond(contribute, lambda: self._record(dict(
+        counted = self.outcomes.scatter_nd_add([[worker, outcome]],
+                                               tf.constant([1], tf.int64))
+        logged = self._record(dict(
             step=step, tag=tag, worker=worker, ready_at=ready_at,
             computed_at=computed_at, arrived_at=arrived_at, outcome=outcome,
-            admitted_rank=rank, quorum=quorum)), lambda: tf.constant(False))]
-        logged.append(tf.cond(
-            tf.logical_and(closed > 0, tf.logical_not(admitted)),
-            lambda: self._record(dict(
-                step=step, tag=step, worker=worker, ready_at=0.0,
-                computed_at=0.0, arrived_at=arrived_at, outcome=POLICY_CLOSED,
-                admitted_rank=closed, quorum=quorum)),
-            lambda: tf.constant(False)))
-        with tf.control_dependencies([counted] + logged):
+            admitted_rank=rank, quorum=quorum))
+        # A worker that waits for the step to close takes its tag after the
+        # wait; every other one takes it now.
+        waits = tf.equal(outcome, ADMITTED)
+        retagged = self._retag(worker, keep=waits)
+        marked = self.waiting.scatter_nd_update([[worker]],
+                                                [tf.cast(waits, tf.int32)])
+        with tf.control_dependencies([counted, logged, retagged, marked]):
             return (tf.identity(outcome), self.published.read_value(),
-                    self.failed.read_value())
+                    self.release_gen.read_value(), self.failed.read_value())
 
-    def _wait_for_close(self, worker, step):
-        """Poll until the step after `step` is published, or the watchdog
-        intervenes, or the deadline passes. Returns how the wait ended."""
-        release = self.release_gen.read_value()
+    def _close_if_closable(self, step, step_var, apply_fn, closer,
+                           record_close):
+        """Close the open step if its quorum is reached and no hold is set;
+        log the close on its own when the closer's push did not count in it.
+        Returns the number of gradients the step closed with (0: open)."""
+        def close():
+            closed = self._close(step_var, apply_fn)
+            logged = self._record(dict(
+                step=step, tag=step, worker=closer, ready_at=0.0,
+                computed_at=0.0, arrived_at=tf.timestamp(),
+                outcome=POLICY_CLOSED, admitted_rank=closed,
+                quorum=self._quorum(step)), keep=record_close)
+            with tf.control_dependencies([logged]):
+                return tf.identity(closed)
+        return tf.cond(self._closable(step), close, lambda: tf.constant(0))
+
+    def _wait_for_close(self, worker, step, release):
+        """Poll until the step after `step` is published, the watchdog
+        releases the waiters (generation above `release`: no closure left to
+        close it, or the run failed), or the deadline passes. The worker was
+        marked waiting inside its push's critical section. Returns how the
+        wait ended."""
         deadline = tf.timestamp() + self.max_wait_s
-        with tf.control_dependencies([release]):
-            mark = self.waiting.scatter_nd_update([[worker]], [1])
 
         def body(ended):
             del ended
+            # Two small reads a poll: every extra one is a round trip.
             with tf.control_dependencies([_sleep(self.poll_interval_s)]):
                 closed = self.published.read_value() > step
                 released = self.release_gen.read_value() > release
-                # Even apply_seq: no close in flight (a closer shows the
-                # full count until it resets it).
-                closable = tf.logical_and(
-                    tf.equal(self.apply_seq.read_value() % 2, 0),
-                    self._closable(step))
-                failed = self.failed.read_value() > 0
                 late = tf.timestamp() > deadline
-            ended = -1
-            for flag, reason in ((late, WAIT_DEADLINE),
-                                 (released, WAIT_RELEASED),
-                                 (closable, WAIT_CLOSABLE),
-                                 (failed, WAIT_FAILED),
-                                 (closed, WAIT_CLOSED)):
-                ended = tf.where(flag, reason, ended)
-            return (ended,)
+            ended = tf.where(late, WAIT_DEADLINE, -1)
+            ended = tf.where(released, WAIT_RELEASED, ended)
+            return (tf.where(closed, WAIT_CLOSED, ended),)
 
-        with tf.control_dependencies([mark]):
-            ended, = tf.while_loop(lambda ended: tf.equal(ended, -1), body,
-                                   [tf.constant(-1)])
-        # Explicit: the unmark touches no resource the loop reads, so
-        # automatic control dependencies would let it run before the loop.
-        with tf.control_dependencies([ended]):
+        ended, = tf.while_loop(lambda ended: tf.equal(ended, -1), body,
+                               [tf.constant(-1)])
+        # Explicit dependencies: these touch no resource the loop reads, so
+        # automatic control dependencies would let them run before it.
+        with tf.control_dependencies([ended]), tf.device(self._device):
+            ended = tf.where(self.failed.read_value() > 0, WAIT_FAILED, ended)
             unmark = self.waiting.scatter_nd_update([[worker]], [0])
-        count = self.wait_ends.scatter_nd_add([[worker, ended]],
-                                              tf.constant([1], tf.int64))
-        with tf.control_dependencies([unmark, count]):
+            retagged = self._retag(worker)
+            count = self.wait_ends.scatter_nd_add([[worker, ended]],
+                                                  tf.constant([1], tf.int64))
+        with tf.control_dependencies([unmark, count, retagged]):
             return tf.identity(ended)
 
     def push(self, worker, grads, step_var, apply_fn):
@@ -320,51 +340,56 @@ class SyncProtocol(tf.Module):
         """
         computed_at = tf.timestamp()
         worker = tf.cast(worker, tf.int32)
-        with tf.device(self._device):
-            tag = self.worker_tag[worker]
-            ready_at = self.ready_at[worker]
         deps = [g.values if isinstance(g, tf.IndexedSlices) else g
-                for g in grads] + [tag, ready_at]
+                for g in grads]
         cs = self._critical_section(deps, "push")
-
-        def one_pass(mode, first_outcome, first_wait, failed):
-            """Pass 0 pushes the gradient and, if admitted without closing
-            the step, waits for it to close. Pass 1 runs only when the policy
-            lowered the quorum or a checkpoint hold ended during that wait:
-            the waiter closes the step
-            itself instead of spending a gradient computation on it."""
-            contribute = tf.equal(mode, 0)
-            outcome, step, failed = cs.execute(
+        # The body runs on the protocol PS: one round trip per push. Only an
+        # admitted gradient travels (the admit branch's inputs are gated).
+        with tf.device(self._device):
+            outcome, step, release, failed = cs.execute(
                 lambda: self._admit_and_maybe_apply(
-                    worker, tag, ready_at, computed_at, grads, step_var,
-                    apply_fn, contribute),
+                    worker, computed_at, grads, step_var, apply_fn),
                 exclusive_resource_access=False)
-            # An admitted worker that did not close the step would only
-            # compute a gradient certain to be dropped: wait for the new
-            # version instead.
-            waited = tf.cond(
-                tf.logical_and(contribute, tf.equal(outcome, ADMITTED)),
-                lambda: self._wait_for_close(worker, step),
-                lambda: tf.constant(-1))
-            next_mode = tf.where(tf.equal(waited, WAIT_CLOSABLE), 1, 2)
-            return (next_mode, tf.where(contribute, outcome, first_outcome),
-                    tf.where(contribute, waited, first_wait), failed)
-
-        _, outcome, waited, failed = tf.while_loop(
-            lambda mode, *_: mode < 2, one_pass,
-            [tf.constant(0), tf.constant(-1), tf.constant(-1),
-             tf.constant(0)])
-        with tf.control_dependencies([waited]), tf.device(self._device):
+        # An admitted worker that did not close the step would only compute a
+        # gradient certain to be dropped: wait for the new version instead.
+        waited = tf.cond(tf.equal(outcome, ADMITTED),
+                         lambda: self._wait_for_close(worker, step, release),
+                         lambda: tf.constant(-1))
+        with tf.device(self._device):
             ok = tf.logical_and(tf.equal(failed, 0),
                                 tf.not_equal(waited, WAIT_FAILED))
             check = tf.debugging.Assert(ok, [self.fail_message.read_value()],
                                         name="ps_sync_quorum_failed")
-            next_tag = self.published.read_value()
-            retag = self.worker_tag.scatter_nd_update([[worker]], [next_tag])
-            stamp = self.ready_at.scatter_nd_update([[worker]],
-                                                    [tf.timestamp()])
-        with tf.control_dependencies([retag, stamp, check]):
+        with tf.control_dependencies([check]):
             return tf.identity(outcome)
+
+    def set_coordinator_apply(self, apply_fn, step_var, strategy):
+        """How the coordinator applies an update (cross-replica, under
+        `strategy`), for `close_if_closable`."""
+        self._coordinator_apply = (apply_fn, step_var, strategy)
+
+    def close_if_closable(self):
+        """From the coordinator: close the open step if it has its (lowered)
+        quorum and no hold is set. A policy's lowered quorum or the end of a
+        checkpoint hold would otherwise wait for the next push. Returns the
+        number of gradients the step closed with, 0 if it stayed open."""
+        if self._coordinator_apply is None:
+            return 0
+        apply_fn, step_var, strategy = self._coordinator_apply
+        if self._close_fn is None:
+
+            @tf.function
+            def close_fn():
+                cs = self._critical_section([], "coordinator_close")
+                with tf.device(self._device):
+                    return cs.execute(
+                        lambda: self._close_if_closable(
+                            self.published.read_value(), step_var, apply_fn,
+                            -1, tf.constant(True)),
+                        exclusive_resource_access=False)
+            self._close_fn = close_fn
+        with strategy.scope():
+            return int(self._close_fn().numpy())
 
     # -- coordinator side ---------------------------------------------------
 

@@ -5,12 +5,14 @@
 
 Reads TF_CONFIG, starts a `tf.distribute.Server`, prints one line starting
 with READY_MARKER once it listens, and exits 0 on SIGTERM or SIGINT. A server
-cannot be stopped from inside TensorFlow and `Server.join()` blocks signal
-handling, so a thread takes the stop signals with `sigwait` and the process
-leaves with `os._exit`. (Not `sigtimedwait`: CPython returns a garbage
-siginfo when it is interrupted past its deadline, e.g. by SIGSTOP/SIGCONT.)
-It also leaves when its parent dies, so a launcher killed with SIGKILL
-leaves no server behind.
+cannot be stopped from inside TensorFlow and `Server.join()` never returns
+to Python, so the main thread sleeps in short steps (where Python runs the
+signal handlers, whichever thread the kernel picked) and the process leaves
+with `os._exit`. It also leaves when its parent dies, so a launcher killed
+with SIGKILL leaves no server behind. (Not `sigtimedwait`: CPython returns a
+garbage siginfo when it is interrupted past its deadline, e.g. by
+SIGSTOP/SIGCONT; and a signal mask set here would come too late for threads
+TensorFlow started while `ps_sync` was imported.)
 """
 import ps_sync.keras_env  # noqa: F401  (before TensorFlow loads)
 
@@ -18,12 +20,11 @@ import json
 import os
 import signal
 import sys
-import threading
 import time
 
 READY_MARKER = "ps_sync.server ready:"
 SERVER_JOBS = ("ps", "worker")
-_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class ConfigError(ValueError):
@@ -95,9 +96,9 @@ def main():
     except ConfigError as e:
         print("ps_sync.server: %s" % e, file=sys.stderr, flush=True)
         return 2
-    # Block the stop signals before TensorFlow starts threads, so every thread
-    # inherits the mask and only the sigwait below ever receives them.
-    signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    received = []
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, lambda signum, _: received.append(signum))
     parent = os.getppid()
     import tensorflow as tf
     config = server_config(cluster, job)
@@ -108,23 +109,15 @@ def main():
          "inter_op_parallelism_threads=%d)"
          % (READY_MARKER, job, index, cluster[job][index], server.target,
             os.getpid(), config.inter_op_parallelism_threads))
-    received = []
-    stop = threading.Event()
-
-    def wait_for_signal():
-        received.append(signal.sigwait(_STOP_SIGNALS))
-        stop.set()
-
-    threading.Thread(target=wait_for_signal, daemon=True).start()
-    while True:
-        if stop.wait(1.0):
-            _log("%s:%d stopping on %s" % (job, index,
-                                           signal.Signals(received[0]).name))
-            break
+    while not received:
         if os.getppid() != parent:
             _log("%s:%d stopping: parent process %d is gone" % (job, index,
                                                                  parent))
             break
+        time.sleep(0.2)
+    if received:
+        _log("%s:%d stopping on %s" % (job, index,
+                                       signal.Signals(received[0]).name))
     # Server threads never end; leave without running TF's destructors.
     os._exit(0)
 

@@ -128,6 +128,8 @@ class StepWatchdog:
         elif decision.quorum is not None and self._lowered_step != step:
             self._lowered_step = step
             self._protocol.lower_quorum(step, decision.quorum)
+            # Waiters only wait: close it here rather than at the next push.
+            self._protocol.close_if_closable()
             self.degraded_steps.append((step, decision.quorum))
             logging.warning(
                 "ps_sync: step %d degraded to a quorum of %d after %.1f s "

@@ -1,0 +1,223 @@
+"""Protocol overhead against the anchors, same model and cluster, one run.
+
+  python -m benchmarks.sync_overhead [--workers 3] [--seconds 20]
+
+Each configuration runs in a fresh interpreter with its own in-process
+cluster (1 PS + W workers as tf.distribute.Server objects):
+  tf1_sync   TF1 tf.compat.v1.train.SyncReplicasOptimizer in graph mode, the
+             paper's own implementation: between-graph replication, one
+             session per worker (worker 0 is the chief and runs the token
+             queue runner), replicas_to_aggregate = total = W.
+  ps_sync    SyncReplicasWithBackups on ParameterServerStrategy, N = W, b = 0.
+  ps_sync_b1 the same with N = W - 1 and one backup.
+  async      plain ParameterServerStrategy, the wrapped optimizer alone.
+Reported: updates/s (applied updates), pushes/s (gradients sent), and the
+share of gradient computations wasted (pushes that were dropped). Numbers are
+measurements on this machine, not gates.
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+import threading
+import time
+
+HERE = "benchmarks.sync_overhead"
+DIM, HIDDEN, CLASSES = 64, 256, 10
+
+
+def _tf1_sync(workers, seconds, batch):
+    import ps_sync.keras_env  # noqa: F401
+    import portpicker
+    import tensorflow as tf
+    tf.compat.v1.disable_eager_execution()
+    v1 = tf.compat.v1
+
+    spec = {"ps": ["localhost:%d" % portpicker.pick_unused_port()],
+            "worker": ["localhost:%d" % portpicker.pick_unused_port()
+                       for _ in range(workers)]}
+    cluster = tf.train.ClusterSpec(spec)
+    config = v1.ConfigProto(inter_op_parallelism_threads=workers + 1)
+    v1.train.Server(cluster, job_name="ps", task_index=0)
+    servers = [v1.train.Server(cluster, job_name="worker", task_index=i,
+                               config=config) for i in range(workers)]
+    pushes = [0] * workers
+    marks = {}
+    ready = threading.Event()
+    stop = threading.Event()
+
+    def worker(i):
+        graph = tf.Graph()
+        with graph.as_default(), v1.device(v1.train.replica_device_setter(
+                worker_device="/job:worker/task:%d" % i, cluster=cluster)):
+            step = v1.train.get_or_create_global_step()
+            x = tf.random.normal([batch, DIM])
+            y = tf.random.uniform([batch], 0, CLASSES, tf.int32)
+            w1 = v1.get_variable("w1", [DIM, HIDDEN])
+            w2 = v1.get_variable("w2", [HIDDEN, CLASSES])
+            logits = tf.matmul(tf.nn.relu(tf.matmul(x, w1)), w2)
+            loss = tf.reduce_mean(
+                tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+            opt = v1.train.SyncReplicasOptimizer(
+                v1.train.GradientDescentOptimizer(0.01),
+                replicas_to_aggregate=workers, total_num_replicas=workers)
+            train_op = opt.minimize(loss, global_step=step)
+            hook = opt.make_session_run_hook(is_chief=(i == 0))
+        if i != 0:
+            ready.wait()
+        with graph.as_default(), v1.train.MonitoredTrainingSession(
+                master=servers[i].target, is_chief=(i == 0), hooks=[hook],
+                config=config) as sess:
+            if i == 0:
+                ready.set()
+            while not stop.is_set():
+                now_step = sess.run([train_op, step])[1]
+                pushes[i] += 1
+                if i == 0:
+                    marks.setdefault("first", (time.time(), now_step))
+                    marks["last"] = (time.time(), now_step)
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True)
+               for i in range(workers)]
+    for t in threads:
+        t.start()
+    if not ready.wait(timeout=180):
+        raise RuntimeError("the TF1 chief session did not start")
+    time.sleep(seconds)
+    stop.set()
+    # Non-chief workers may stay blocked on a token forever (the TF1 issue
+    # tensorflow#7970): the chief's count is the measurement.
+    threads[0].join(timeout=30)
+    (t0, s0), (t1, s1) = marks["first"], marks["last"]
+    return {"updates": int(s1 - s0), "seconds": t1 - t0,
+            "pushes": float(sum(pushes) * (s1 - s0) / max(1, s1))}
+
+
+def _tf2(workers, seconds, batch, mode, replicas):
+    import ps_sync.keras_env  # noqa: F401
+    import tensorflow as tf
+    from ps_sync import telemetry
+    from ps_sync.optimizer import SyncReplicasWithBackups
+    from ps_sync.testing import inprocess_cluster
+
+    strategy = inprocess_cluster.strategy(workers, 1)
+    coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
+    with strategy.scope():
+        w1 = tf.Variable(tf.random.normal([DIM, HIDDEN]) * 0.1, name="w1")
+        w2 = tf.Variable(tf.random.normal([HIDDEN, CLASSES]) * 0.1, name="w2")
+        sgd = tf.keras.optimizers.SGD(0.01)
+        opt = (sgd if mode == "async"
+               else SyncReplicasWithBackups(sgd, replicas, workers))
+        pushes = tf.Variable(tf.constant(0, tf.int64), name="pushes")
+
+    @tf.function
+    def step():
+        def replica_fn():
+            x = tf.random.normal([batch, DIM])
+            y = tf.random.uniform([batch], 0, CLASSES, tf.int32)
+            with tf.GradientTape() as tape:
+                logits = tf.matmul(tf.nn.relu(tf.matmul(x, w1)), w2)
+                loss = tf.reduce_mean(
+                    tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+            grads = tape.gradient(loss, [w1, w2])
+            opt.apply_gradients(zip(grads, [w1, w2]))
+            pushes.assign_add(1)
+        strategy.run(replica_fn)
+
+    # Warm up (tracing, first pushes), then count over a fixed wall time.
+    for _ in range(2 * workers):
+        coordinator.schedule(step)
+    coordinator.join()
+    u0, p0, t0 = int(opt.iterations.numpy()), int(pushes.numpy()), time.time()
+    while time.time() - t0 < seconds:
+        for _ in range(4 * workers):
+            coordinator.schedule(step)
+        coordinator.join()
+    u1, p1, t1 = int(opt.iterations.numpy()), int(pushes.numpy()), time.time()
+    result = {"updates": u1 - u0, "pushes": p1 - p0, "seconds": t1 - t0}
+    if mode != "async":
+        opt.telemetry.drain()
+        summary = telemetry.summarize(opt.telemetry.pushes,
+                                      opt.telemetry.steps, workers)
+        result["wasted_share"] = summary["wasted_share"]
+    return result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--out", default="benchmarks/results/sync_overhead")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, os.getcwd())
+    from ps_sync.testing import fresh_interpreter
+
+    w = args.workers
+    runs = {
+        "tf1_sync": (HERE + ":_tf1_sync",
+                     dict(workers=w, seconds=args.seconds, batch=args.batch)),
+        "ps_sync": (HERE + ":_tf2", dict(workers=w, seconds=args.seconds,
+                                         batch=args.batch, mode="sync",
+                                         replicas=w)),
+        "ps_sync_b1": (HERE + ":_tf2", dict(workers=w, seconds=args.seconds,
+                                            batch=args.batch, mode="sync",
+                                            replicas=w - 1)),
+        "async": (HERE + ":_tf2", dict(workers=w, seconds=args.seconds,
+                                       batch=args.batch, mode="async",
+                                       replicas=w)),
+    }
+    results = {}
+    for name, (target, kwargs) in runs.items():
+        r = fresh_interpreter.run(target, kwargs,
+                                  timeout=args.seconds * 3 + 180)
+        r["updates_per_s"] = r["updates"] / r["seconds"]
+        r["pushes_per_s"] = r["pushes"] / r["seconds"]
+        results[name] = r
+        print("%-11s %7.1f updates/s %7.1f pushes/s%s" % (
+            name, r["updates_per_s"], r["pushes_per_s"],
+            "  wasted %.0f%%" % (100 * r["wasted_share"])
+            if r.get("wasted_share") is not None else ""), flush=True)
+    ratios = {
+        "ps_sync_vs_tf1_updates": results["ps_sync"]["updates_per_s"]
+        / results["tf1_sync"]["updates_per_s"],
+        "ps_sync_vs_async_pushes": results["ps_sync"]["pushes_per_s"]
+        / results["async"]["pushes_per_s"],
+        "ps_sync_b1_vs_async_pushes": results["ps_sync_b1"]["pushes_per_s"]
+        / results["async"]["pushes_per_s"],
+    }
+    for k, v in ratios.items():
+        print("%-28s %.2f" % (k, v))
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    report = {"args": vars(args), "machine": {
+        "cpus": os.cpu_count(), "python": platform.python_version(),
+        "platform": platform.platform()}, "results": results,
+        "ratios": ratios}
+    with open(args.out + ".json", "w") as f:
+        json.dump(report, f, indent=2)
+    _plot(results, args.out + ".png")
+    print("wrote %s.json and %s.png" % (args.out, args.out))
+
+
+def _plot(results, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = list(results)
+    fig, ax = plt.subplots(figsize=(6, 3))
+    x = range(len(names))
+    ax.bar([i - 0.2 for i in x], [results[n]["updates_per_s"] for n in names],
+           0.4, label="updates/s")
+    ax.bar([i + 0.2 for i in x], [results[n]["pushes_per_s"] for n in names],
+           0.4, label="pushes/s")
+    ax.set_xticks(list(x))
+    ax.set_xticklabels(names)
+    ax.legend()
+    ax.set_title("same model, same in-process cluster")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+if __name__ == "__main__":
+    main()
