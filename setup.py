@@ -14,6 +14,8 @@ setup(
         "tensorflow==2.21.*",
         # Keras 2: Keras 3 cannot train under ParameterServerStrategy.
         "tf-keras==2.21.*",
+        # TensorFlow 2.21 no longer pulls it in; tf.summary needs it.
+        "tensorboard==2.21.*",
         "tensorflow-datasets==4.9.*",
         "absl-py>=2.1,<3",
         "portpicker==1.6.*",

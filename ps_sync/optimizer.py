@@ -42,6 +42,7 @@ class _SyncReplicasMixin:
 
     def _init_sync(self, inner, replicas_to_aggregate, total_num_replicas=None,
                    quorum_policy=None, telemetry_dir=None,
+                   tensorboard_dir=None,
                    poll_interval_s=0.002, max_wait_s=600.0):
         if not isinstance(inner, (optimizer_v3.Optimizer,
                                   optimizer_v2.OptimizerV2)):
@@ -68,6 +69,7 @@ class _SyncReplicasMixin:
             quorum_policy = quorum_lib.from_config(quorum_policy)
         self._quorum_policy = quorum_policy
         self._telemetry_dir = telemetry_dir
+        self._tensorboard_dir = tensorboard_dir
         self._poll_interval_s = float(poll_interval_s)
         self._max_wait_s = float(max_wait_s)
         self._protocol = None
@@ -121,6 +123,7 @@ class _SyncReplicasMixin:
                 "total_num_replicas": self._total_num_replicas,
                 "quorum_policy": self._quorum_policy.get_config(),
                 "telemetry_dir": self._telemetry_dir,
+                "tensorboard_dir": self._tensorboard_dir,
                 "poll_interval_s": self._poll_interval_s,
                 "max_wait_s": self._max_wait_s}
 
@@ -170,7 +173,8 @@ class _SyncReplicasMixin:
                     self._protocol, coordinator,
                     self._quorum_policy).start()
             self._telemetry = telemetry_lib.TelemetryWriter(
-                self._protocol, self._telemetry_dir).start()
+                self._protocol, self._telemetry_dir,
+                tensorboard_dir=self._tensorboard_dir).start()
         logging.info("ps_sync: %d of %d workers per step, run id %s",
                      self._replicas_to_aggregate, self._total_num_replicas,
                      self._protocol.run_id)
@@ -453,6 +457,8 @@ class SyncReplicasWithBackups(metaclass=_Dispatch):
         long a step may wait for its quorum.
       telemetry_dir: where the coordinator writes pushes.jsonl and
         steps.jsonl (records are kept in memory either way).
+      tensorboard_dir: where to write per-update TensorBoard scalars
+        (ps_sync/collect_s, update_interval_s, quorum, wasted_share).
       poll_interval_s: how often an admitted worker checks whether its step
         closed.
       max_wait_s: hard bound on any single wait; the step watchdog normally
@@ -464,5 +470,6 @@ class SyncReplicasWithBackups(metaclass=_Dispatch):
 
     def __init__(self, optimizer, replicas_to_aggregate,
                  total_num_replicas=None, quorum_policy=None,
-                 telemetry_dir=None, poll_interval_s=0.002, max_wait_s=600.0):
+                 telemetry_dir=None, tensorboard_dir=None,
+                 poll_interval_s=0.002, max_wait_s=600.0):
         raise AssertionError("constructed through _Dispatch")  # pragma: no cover

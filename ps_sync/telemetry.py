@@ -49,7 +49,8 @@ def _push_record(row, run_id):
 class TelemetryWriter:
     """Drains the protocol's telemetry on the coordinator."""
 
-    def __init__(self, protocol, directory=None, interval_s=0.5):
+    def __init__(self, protocol, directory=None, interval_s=0.5,
+                 tensorboard_dir=None):
         self._protocol = protocol
         self._directory = directory
         self._interval_s = interval_s
@@ -65,6 +66,10 @@ class TelemetryWriter:
             os.makedirs(directory, exist_ok=True)
             self._files = (open(os.path.join(directory, PUSHES_FILE), "a"),
                            open(os.path.join(directory, STEPS_FILE), "a"))
+        self._tensorboard_dir = tensorboard_dir
+        self._summary_writer = None
+        self._counts = collections.Counter()
+        self._last_closed_at = None
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name="ps_sync-telemetry")
 
@@ -112,11 +117,40 @@ class TelemetryWriter:
                     steps.append(self._step_record(record, record["worker"]))
             self.pushes.extend(pushes)
             self.steps.extend(steps)
+            self._write_scalars(pushes, steps)
             if self._files:
                 for f, records in zip(self._files, (pushes, steps)):
                     f.writelines(json.dumps(r) + "\n" for r in records)
                     f.flush()
             return len(rows)
+
+    def _write_scalars(self, pushes, steps):
+        """TensorBoard scalars per applied update (x axis: the update)."""
+        if not self._tensorboard_dir or not (pushes or steps):
+            return
+        import tensorflow as tf
+        if self._summary_writer is None:
+            self._summary_writer = tf.summary.create_file_writer(
+                self._tensorboard_dir)
+        for p in pushes:
+            self._counts[p["outcome"].startswith("admitted")] += 1
+        with self._summary_writer.as_default():
+            for s in steps:
+                x = s["step"] + 1
+                tf.summary.scalar("ps_sync/quorum", s["quorum"], step=x)
+                tf.summary.scalar("ps_sync/collect_s",
+                                  s["closed_at"] - s["opened_at"], step=x)
+                if self._last_closed_at is not None:
+                    tf.summary.scalar("ps_sync/update_interval_s",
+                                      s["closed_at"] - self._last_closed_at,
+                                      step=x)
+                self._last_closed_at = s["closed_at"]
+            if steps:
+                total = self._counts[True] + self._counts[False]
+                tf.summary.scalar("ps_sync/wasted_share",
+                                  self._counts[False] / total,
+                                  step=steps[-1]["step"] + 1)
+        self._summary_writer.flush()
 
     def _step_record(self, closing, closed_by):
         admitted = sorted(self._open.pop(closing["step"], []),

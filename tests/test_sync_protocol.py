@@ -9,7 +9,10 @@ HERE = __name__
 
 def _probe_custom_loop(workers, replicas, num_ps, closures, delays=(),
                        partitioned=False, legacy=False):
+    import os
+    import tempfile
     import tensorflow as tf
+    from ps_sync import telemetry
     from ps_sync.optimizer import SyncReplicasWithBackups
     from ps_sync.testing import inprocess_cluster
     from tests import probe
@@ -23,7 +26,11 @@ def _probe_custom_loop(workers, replicas, num_ps, closures, delays=(),
         model.build([None, 1])
         sgd = (tf.keras.optimizers.legacy.SGD if legacy
                else tf.keras.optimizers.SGD)(probe.LR)
-        opt = SyncReplicasWithBackups(sgd, replicas, workers)
+        run_dir = tempfile.mkdtemp()
+        opt = SyncReplicasWithBackups(
+            sgd, replicas, workers,
+            telemetry_dir=os.path.join(run_dir, "telemetry"),
+            tensorboard_dir=os.path.join(run_dir, "tb"))
     dataset = coordinator.create_per_worker_dataset(
         probe.delayed_dataset_fn(list(delays), workers))
     iterator = iter(dataset)
@@ -41,7 +48,11 @@ def _probe_custom_loop(workers, replicas, num_ps, closures, delays=(),
         coordinator.schedule(step, args=(iterator,))
     coordinator.join()
     steps, rows = probe.decode(model, replicas)
+    opt.close()
+    pushes, step_records = telemetry.read(os.path.join(run_dir, "telemetry"))
     return {"steps": steps, "rows": rows,
+            "pushes": pushes, "step_records": step_records,
+            "tensorboard_files": os.listdir(os.path.join(run_dir, "tb")),
             "iterations": int(opt.iterations.numpy()),
             "stats": opt.sync_stats(),
             "shard_devices": sorted({v.device for v in model.variables})}
@@ -83,3 +94,32 @@ def test_delayed_worker_is_dropped_and_counted():
     # The two fast workers carried the training.
     assert r["steps"] >= 10
     assert all(2 not in row for row in r["rows"][1:])
+
+
+def test_telemetry_records_match_the_decoded_updates():
+    r = fresh_interpreter.run(
+        HERE + ":_probe_custom_loop",
+        dict(workers=3, replicas=2, num_ps=1, closures=24), timeout=240)
+    steps = r["step_records"]
+    # One step record per applied update, in order, holding exactly the
+    # workers the probe decoded for that update.
+    assert [s["step"] for s in steps] == list(range(r["steps"]))
+    assert [sorted(s["admitted"]) for s in steps] == r["rows"]
+    assert all(not s["degraded"] and s["quorum"] == 2 for s in steps)
+    assert all(s["opened_at"] <= s["closed_at"] for s in steps)
+    # One push record per push, each outcome as counted on the PS.
+    assert len(r["pushes"]) == 24
+    per_worker = r["stats"]["per_worker"]
+    for w in range(3):
+        mine = [p for p in r["pushes"] if p["worker"] == w]
+        for outcome in ("admitted", "admitted_closed", "dropped_stale"):
+            assert sum(p["outcome"] == outcome for p in mine) == \
+                per_worker[w][outcome]
+    for p in r["pushes"]:
+        assert p["v"] == 1 and p["type"] == "push"
+        assert p["computed_at"] <= p["arrived_at"]
+        fresh = p["outcome"].startswith("admitted")
+        assert (p["tag"] == p["step"]) or not fresh
+        assert (p["admitted_rank"] in (1, 2)) == fresh
+    assert any(f.startswith("events.out.tfevents") for f in
+               r["tensorboard_files"])
