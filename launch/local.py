@@ -23,7 +23,7 @@ from ps_sync import local_cluster as lc
 from launch import spec as spec_lib
 from launch.stragglers import StragglerInjector
 
-RESTART_BUDGET_EXHAUSTED = 1
+FAILED = 1  # exit status when the run fails without a chief exit code
 
 
 def make_run_dir(spec, run_dir=None):
@@ -42,10 +42,23 @@ def task_env(spec):
     return env.pop("all", {}), env
 
 
+def program_command(program):
+    """The argv of a --program override (None: the spec's)."""
+    if program is None:
+        return None
+    try:
+        command = shlex.split(program)
+    except ValueError as e:
+        raise spec_lib.SpecError("--program", None, "a shell-style command "
+                                 "line, but %s" % e) from None
+    if not command:
+        raise spec_lib.SpecError("--program", None, "a command, got nothing")
+    return command
+
+
 def build_cluster(spec, run_dir, extra_args=(), program=None, echo=True):
     common, per_task = task_env(spec)
-    command = shlex.split(program) if program else None
-    argv = spec.program_argv(extra_args, command=command)
+    argv = spec.program_argv(extra_args, command=program_command(program))
     return lc.LocalCluster(
         num_workers=spec.counts["worker"], num_ps=spec.counts["ps"],
         chief=argv, evaluator=argv if spec.counts["evaluator"] else None,
@@ -58,6 +71,7 @@ def build_cluster(spec, run_dir, extra_args=(), program=None, echo=True):
 def run(spec, extra_args=(), run_dir=None, program=None, echo=True):
     """Launch the spec locally; return the exit status for the launcher."""
     spec_lib.check_local(spec)
+    program_command(program)  # refuse a bad --program before any side effect
     run_dir = make_run_dir(spec, run_dir)
     cluster = build_cluster(spec, run_dir, extra_args, program, echo)
     with open(os.path.join(run_dir, "spec.json"), "w") as f:
@@ -74,9 +88,12 @@ def run(spec, extra_args=(), run_dir=None, program=None, echo=True):
                 injector.stop()
     except lc.Interrupted as e:
         return e.exit_code
-    except lc.TaskFailed as e:
-        cluster.say(str(e))
-        return RESTART_BUDGET_EXHAUSTED
+    except lc.CannotStart as e:
+        raise spec_lib.SpecError(spec.path, "program.command", "a command "
+                                 "that can be executed, but %s" % e) from None
+    except lc.ClusterError as e:  # a task failed to start or to restart
+        cluster.say("error: %s" % e)
+        return FAILED
 
 
 class Supervisor:
@@ -109,7 +126,7 @@ class Supervisor:
             if task.job == "worker":
                 return None  # backups carry the run; the chief decides
             return lc.exit_status(code) if task.job == "chief" else (
-                RESTART_BUDGET_EXHAUSTED)
+                FAILED)
         if task.job == "worker":
             self.cluster.say("restarting %s at %s (restart %d of %d)" % (
                 task.name, task.address, self.restarts, self.max_restarts))

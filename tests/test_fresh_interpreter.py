@@ -67,11 +67,11 @@ def test_hanging_cluster_is_cut_off_with_a_clear_report(tmp_path):
     pid_file = str(tmp_path / "child.pid")
     with pytest.raises(ChildTimedOut) as info:
         fresh_interpreter.run("tests.test_fresh_interpreter:_hanging_cluster",
-                              {"pid_file": pid_file}, timeout=45)
+                              {"pid_file": pid_file}, timeout=30)
     message = str(info.value)
     assert message.startswith(
         "tests.test_fresh_interpreter:_hanging_cluster did not finish within "
-        "45 s and was killed with its process group; last output:")
+        "30 s and was killed with its process group; last output:")
     assert "scheduled a step that never ends" in message
     with open(pid_file) as f:
         child = int(f.read())

@@ -84,6 +84,7 @@ def test_manifest_carries_image_command_sync_settings_and_policies():
     assert chief["image"] == "reg/ps:1"
     assert chief["command"] == [
         "python", "-m", "models.train", "--model=inception_v3",
+        "--dataset=imagenet2012", "--data_dir=/data/imagenet",
         "--batch_size=32", "--replicas_to_aggregate=96",
         "--total_num_replicas=100", "--epochs=3"]
     worker = replicas["Worker"]["template"]["spec"]["containers"][0]

@@ -68,11 +68,17 @@ class Launch:
             return 0
 
     def wait(self, timeout=90):
-        try:
-            return self.proc.wait(timeout=timeout)
-        finally:
-            self.proc.kill()
-            self.proc.wait()
+        return self.proc.wait(timeout=timeout)
+
+    def close(self):
+        """SIGTERM, not SIGKILL: the launcher must tear its cluster down."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
     def output(self):
         return self.out_path.read_text()
@@ -81,14 +87,34 @@ class Launch:
         return [e["pid"] for e in self.events() if e["event"] == "start"]
 
 
+@pytest.fixture
+def start(tmp_path):
+    """start(spec, flags) -> Launch; any launcher left is stopped after the
+    test, also when the test fails or times out."""
+    launched = []
+
+    def _start(spec, flags=()):
+        launched.append(Launch(tmp_path, spec, flags))
+        return launched[-1]
+
+    yield _start
+    for launch in launched:
+        launch.close()
+
+
+def _count_in(path, text):
+    with open(path) as f:
+        return f.read().count(text)
+
+
 @pytest.mark.timeout(120)
-def test_sync_run_to_completion_with_straggler_pauses_logged(tmp_path):
+def test_sync_run_to_completion_with_straggler_pauses_logged(start):
     spec = _spec(stragglers=[{
         "task": "worker-2",
         "every_s": {"distribution": "fixed", "value": 0.5},
         "pause_s": {"distribution": "uniform", "low": 0.2, "high": 0.6},
         "seed": 5}])
-    launch = Launch(tmp_path, spec, ["--steps=6", "--sync"])
+    launch = start(spec, ["--steps=6", "--sync"])
     assert launch.wait() == 0, launch.output()
     output = launch.output()
     for name in ("ps-0", "worker-0", "worker-1", "worker-2", "chief-0"):
@@ -118,8 +144,8 @@ def test_sync_run_to_completion_with_straggler_pauses_logged(tmp_path):
 
 
 @pytest.mark.timeout(90)
-def test_chief_failure_propagates_its_exit_code(tmp_path):
-    launch = Launch(tmp_path, _spec(workers=1, n=1),
+def test_chief_failure_propagates_its_exit_code(start):
+    launch = start(_spec(workers=1, n=1),
                     ["--fail_before_training", "--exit_code=7"])
     assert launch.wait() == 7
     output = launch.output()
@@ -131,8 +157,8 @@ def test_chief_failure_propagates_its_exit_code(tmp_path):
 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_ctrl_c_or_sigterm_stops_everything(tmp_path, sig):
-    launch = Launch(tmp_path, _spec(workers=1, n=1), ["--sleep_s=600"])
+def test_ctrl_c_or_sigterm_stops_everything(start, sig):
+    launch = start(_spec(workers=1, n=1), ["--sleep_s=600"])
     launch.wait_for(lambda _: launch.chief_attempts() == 1, "the chief")
     assert len(processes_of_run(launch.run_dir)) == 3
     launch.proc.send_signal(sig)
@@ -141,8 +167,8 @@ def test_ctrl_c_or_sigterm_stops_everything(tmp_path, sig):
 
 
 @pytest.mark.timeout(90)
-def test_dead_worker_restarts_alone_at_its_address(tmp_path):
-    launch = Launch(tmp_path, _spec(workers=2, n=1), ["--sleep_s=600"])
+def test_dead_worker_restarts_alone_at_its_address(start):
+    launch = start(_spec(workers=2, n=1), ["--sleep_s=600"])
     launch.wait_for(lambda _: launch.chief_attempts() == 1, "the chief")
     first = launch.starts("worker-1")[0]
     os.kill(first["pid"], signal.SIGKILL)
@@ -150,7 +176,7 @@ def test_dead_worker_restarts_alone_at_its_address(tmp_path):
     second = launch.starts("worker-1")[1]
     assert second["address"] == first["address"] and second["pid"] != first["pid"]
     log = os.path.join(launch.run_dir, "worker-1.log")
-    launch.wait_for(lambda _: open(log).read().count("ready:") == 2, "ready")
+    launch.wait_for(lambda _: _count_in(log, "ready:") == 2, "ready")
     launch.proc.send_signal(signal.SIGTERM)
     assert launch.wait() == 128 + signal.SIGTERM
     output = launch.output()
@@ -164,9 +190,9 @@ def test_dead_worker_restarts_alone_at_its_address(tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_ps_failure_then_chief_signal_restart_ps_and_chief(tmp_path):
+def test_ps_failure_then_chief_signal_restart_ps_and_chief(start):
     # Chief attempts 1 and 2 block; attempt 3 finishes with exit code 0.
-    launch = Launch(tmp_path, _spec(workers=1, n=1),
+    launch = start(_spec(workers=1, n=1),
                     ["--sleep_s=0.1", "--block_attempts=2"])
     launch.wait_for(lambda _: launch.chief_attempts() == 1, "chief attempt 1")
     ps_first = launch.starts("ps-0")[0]
@@ -189,8 +215,8 @@ def test_ps_failure_then_chief_signal_restart_ps_and_chief(tmp_path):
 
 
 @pytest.mark.timeout(90)
-def test_restart_budget_is_bounded(tmp_path):
-    launch = Launch(tmp_path, _spec(workers=1, n=1, restart={"max_restarts": 0}),
+def test_restart_budget_is_bounded(start):
+    launch = start(_spec(workers=1, n=1, restart={"max_restarts": 0}),
                     ["--sleep_s=600"])
     launch.wait_for(lambda _: launch.chief_attempts() == 1, "the chief")
     os.kill(launch.starts("ps-0")[0]["pid"], signal.SIGKILL)
@@ -199,3 +225,40 @@ def test_restart_budget_is_bounded(tmp_path):
         launch.output())
     assert len(launch.starts("ps-0")) == 1
     assert_all_gone(launch.all_pids(), launch.run_dir)
+
+
+@pytest.mark.timeout(90)
+def test_program_that_cannot_run_is_a_usage_error(tmp_path):
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(_spec(workers=1, n=1)))
+    run_dir = str(tmp_path / "run")
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch", str(spec_path), "--run-dir", run_dir,
+         "--program", "no-such-program-xyz --flag"],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=80,
+        env=dict(os.environ, PYTHONPATH=REPO_ROOT))
+    assert proc.returncode == 2
+    assert ("launch: error: %s: field program.command: expected a command that"
+            " can be executed, but cannot start chief-0 with command "
+            "no-such-program-xyz --flag" % spec_path) in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert processes_of_run(run_dir) == []
+
+
+@pytest.mark.timeout(120)
+def test_no_argument_runs_the_default_spec(tmp_path):
+    run_dir = str(tmp_path / "run")
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch", "--run-dir", run_dir,
+         "--program", PROGRAM, "--", "--steps=4", "--sync"],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=110,
+        env=dict(os.environ, PYTHONPATH=REPO_ROOT))
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    with open(os.path.join(run_dir, "spec.json")) as f:
+        resolved = json.load(f)
+    assert resolved["name"] == "local-default"
+    assert len(resolved["_resolved"]["cluster"]["worker"]) == 3
+    with open(os.path.join(run_dir, "chief-result-1.json")) as f:
+        result = json.load(f)
+    assert (result["replicas_to_aggregate"], result["total_num_replicas"]) == (2, 3)
+    assert processes_of_run(run_dir) == []

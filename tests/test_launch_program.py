@@ -87,7 +87,10 @@ def main(argv=None):
     result.update(attempt=attempt, replicas_to_aggregate=args.replicas_to_aggregate,
                   total_num_replicas=args.total_num_replicas,
                   tf_config=json.loads(os.environ.get("TF_CONFIG", "{}")),
-                  run_dir=os.environ.get("PS_SYNC_RUN_DIR"))
+                  run_dir=os.environ.get("PS_SYNC_RUN_DIR"),
+                  env={k: os.environ.get(k) for k in (
+                      "GRPC_FAIL_FAST", "TF_GRPC_DEFAULT_OPTIONS",
+                      "PS_SYNC_TEST_VAR")})
     with open(os.path.join(run_dir, "chief-result-%d.json" % attempt), "w") as f:
         json.dump(result, f)
     print("RESULT " + json.dumps(result), flush=True)

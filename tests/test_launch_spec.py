@@ -15,6 +15,7 @@ from launch import schema as schema_lib
 from launch import spec as spec_lib
 from launch.__main__ import main
 from ps_sync.local_cluster import REPO_ROOT
+from tests.test_server import without_tf_log
 
 GOOD = {
     "cluster": {"chief": 1, "ps": 1, "worker": 3},
@@ -245,11 +246,12 @@ def test_cli_bad_spec_exits_2_with_one_paragraph_and_no_traceback(tmp_path):
                           timeout=60)
     assert proc.returncode == 2
     assert proc.stdout == ""
-    assert proc.stderr.startswith("launch: error: %s: field "
-                                  "sync.replicas_to_aggregate: expected an "
-                                  "integer from 1 to the number of workers (3)"
-                                  % path)
-    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    message = without_tf_log(proc.stderr)
+    assert message.startswith("launch: error: %s: field "
+                              "sync.replicas_to_aggregate: expected an "
+                              "integer from 1 to the number of workers (3)"
+                              % path)
+    assert message.count("\n") == 1 and "Traceback" not in proc.stderr
 
 
 def test_cli_in_process_returns_2_for_bad_specs(tmp_path, capsys):
@@ -257,6 +259,10 @@ def test_cli_in_process_returns_2_for_bad_specs(tmp_path, capsys):
     assert main(["render-k8s", _write(tmp_path, _drop("program"), "b.json")]) == 2
     assert main(["validate", os.path.join(REPO_ROOT, "cluster_specs",
                                           "local_default.json")]) == 0
+    assert main(["--run-dir", str(tmp_path / "never"),
+                 "--program", "python 'unclosed"]) == 2
+    assert not (tmp_path / "never").exists()  # refused before any side effect
     err = capsys.readouterr().err
+    assert "--program: expected a shell-style command line, but No closing" in err
     assert "expected valid JSON, but line 1, column 2" in err
     assert "field program: expected this required field (an object)" in err

@@ -69,6 +69,9 @@ def test_chief_trains_with_prefixed_logs_and_leaves_no_process(tmp_path):
     spec = result["tf_config"]["cluster"]
     assert sorted(spec) == ["chief", "ps", "worker"]
     assert result["tf_config"]["task"] == {"type": "chief", "index": 0}
+    assert result["env"]["GRPC_FAIL_FAST"] == "use_caller"
+    assert result["env"]["TF_GRPC_DEFAULT_OPTIONS"] == (
+        "grpc.keepalive_time_ms=30000,grpc.keepalive_timeout_ms=20000")
     output = echo.getvalue()
     for name in ("ps-0", "worker-0", "worker-1"):
         assert "[%s] " % name in output
@@ -137,6 +140,28 @@ def test_server_that_cannot_start_is_reported_and_nothing_is_left(tmp_path):
     assert info.value.task.name == "ps-0"
     assert "ps-0 exited during startup" in str(info.value)
     assert_all_gone(cluster.pids().values(), str(tmp_path))
+
+
+def test_tf_config_per_task_and_evaluator_outside_training_cluster(tmp_path):
+    cluster = LocalCluster(num_workers=2, num_ps=1, run_dir=str(tmp_path),
+                           chief=["true"], evaluator=["true"],
+                           env={"A": "all"}, task_env={"worker": {"A": "w"},
+                                                      "worker-1": {"A": "w1"}},
+                           grpc_options={"grpc.keepalive_time_ms": 5000},
+                           echo=False)
+    spec = cluster.cluster_spec()
+    assert sorted(spec) == ["chief", "ps", "worker"] and len(spec["worker"]) == 2
+    assert len(set(sum(spec.values(), []))) == 4  # distinct ports
+    worker = json.loads(cluster.tf_config("worker", 1))
+    assert worker == {"cluster": spec, "task": {"type": "worker", "index": 1}}
+    evaluator = json.loads(cluster.tf_config("evaluator", 0))
+    assert sorted(evaluator["cluster"]) == ["chief", "evaluator", "ps", "worker"]
+    env = cluster._task_env_vars("worker", 1)
+    assert (env["A"], cluster._task_env_vars("worker", 0)["A"],
+            cluster._task_env_vars("ps", 0)["A"]) == ("w1", "w", "all")
+    assert env["TF_GRPC_DEFAULT_OPTIONS"] == (
+        "grpc.keepalive_time_ms=5000,grpc.keepalive_timeout_ms=20000")
+    assert env["PS_SYNC_RUN_DIR"] == str(tmp_path)
 
 
 def _coordinator_in_child(steps):
@@ -212,6 +237,7 @@ def test_parent_signal_tears_everything_down(tmp_path, sig):
         parent.send_signal(sig)
         assert parent.wait(timeout=60) == 128 + sig
     finally:
-        parent.kill()
-        parent.wait()
+        if parent.poll() is None:
+            parent.terminate()  # the parent tears its cluster down
+            parent.wait(timeout=30)
     assert_all_gone(pids.values(), run_dir)
