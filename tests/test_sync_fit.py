@@ -113,3 +113,59 @@ def test_fit_batchnorm_embedding_learns(legacy, steps_per_execution):
     assert r["moving_mean_moved"]
     # A separable task: synchronous training must actually learn it.
     assert r["accuracy"] >= 0.9, r
+
+
+def _backup_and_restore():
+    import tempfile
+    import tensorflow as tf
+    from ps_sync.optimizer import SyncReplicasWithBackups
+    from ps_sync.testing import inprocess_cluster
+    from tests import probe
+
+    strategy = inprocess_cluster.strategy(3, 1)
+    backup_dir = tempfile.mkdtemp()
+
+    class Interrupt(tf.keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                raise KeyboardInterrupt("preempted")
+
+    def dataset_fn(input_context):
+        del input_context
+        return tf.data.Dataset.from_tensors(
+            (tf.zeros([1, 1]), tf.zeros([1, 1]))).repeat()
+
+    def build():
+        with strategy.scope():
+            model = probe.ProbeModel(3)
+            model.compile(SyncReplicasWithBackups(
+                tf.keras.optimizers.SGD(probe.LR), 2, 3),
+                loss=probe.probe_loss)
+        return model
+
+    first = build()
+    callbacks = [tf.keras.callbacks.BackupAndRestore(backup_dir)]
+    try:
+        first.fit(tf.keras.utils.experimental.DatasetCreator(dataset_fn),
+                  epochs=4, steps_per_epoch=9, verbose=0,
+                  callbacks=callbacks + [Interrupt()])
+    except KeyboardInterrupt:
+        pass
+    interrupted_at = int(first.optimizer.iterations.numpy())
+    second = build()  # a restarted job: fresh variables
+    history = second.fit(
+        tf.keras.utils.experimental.DatasetCreator(dataset_fn), epochs=4,
+        steps_per_epoch=9, verbose=0, callbacks=callbacks)
+    steps, _ = probe.decode(second, 2)
+    return {"interrupted_at": interrupted_at,
+            "epochs_after_restore": len(history.history["loss"]),
+            "iterations": int(second.optimizer.iterations.numpy()),
+            "steps": steps}
+
+
+def test_backup_and_restore_resumes_the_sync_run():
+    r = fresh_interpreter.run(HERE + ":_backup_and_restore", timeout=300)
+    # Two of four epochs were done; the restarted fit runs the other two and
+    # continues the restored update count with whole updates only.
+    assert r["epochs_after_restore"] == 2
+    assert r["iterations"] == r["steps"] > r["interrupted_at"] >= 2
