@@ -141,6 +141,7 @@ def _tf2(workers, seconds, batch, mode, replicas):
         summary = telemetry.summarize(opt.telemetry.pushes,
                                       opt.telemetry.steps, workers)
         result["wasted_share"] = summary["wasted_share"]
+        result["stats"] = opt.sync_stats()
     return result
 
 

@@ -43,7 +43,7 @@ class _SyncReplicasMixin:
     def _init_sync(self, inner, replicas_to_aggregate, total_num_replicas=None,
                    quorum_policy=None, telemetry_dir=None,
                    tensorboard_dir=None,
-                   poll_interval_s=0.002, max_wait_s=600.0):
+                   max_wait_s=600.0):
         if not isinstance(inner, (optimizer_v3.Optimizer,
                                   optimizer_v2.OptimizerV2)):
             raise TypeError(
@@ -70,7 +70,6 @@ class _SyncReplicasMixin:
         self._quorum_policy = quorum_policy
         self._telemetry_dir = telemetry_dir
         self._tensorboard_dir = tensorboard_dir
-        self._poll_interval_s = float(poll_interval_s)
         self._max_wait_s = float(max_wait_s)
         self._protocol = None
         self._watchdog = None
@@ -124,7 +123,6 @@ class _SyncReplicasMixin:
                 "quorum_policy": self._quorum_policy.get_config(),
                 "telemetry_dir": self._telemetry_dir,
                 "tensorboard_dir": self._tensorboard_dir,
-                "poll_interval_s": self._poll_interval_s,
                 "max_wait_s": self._max_wait_s}
 
     # -- the push ------------------------------------------------------------
@@ -160,7 +158,6 @@ class _SyncReplicasMixin:
             self._protocol = self._no_dependency(protocol_lib.SyncProtocol(
                 var_list, self._replicas_to_aggregate,
                 self._total_num_replicas,
-                poll_interval_s=self._poll_interval_s,
                 max_wait_s=self._max_wait_s,
                 initial_step=int(self._optimizer.iterations.numpy())))
             self._protocol.set_coordinator_apply(
@@ -170,8 +167,8 @@ class _SyncReplicasMixin:
             coordinator = getattr(strategy, "_cluster_coordinator", None)
             if coordinator is not None:
                 self._watchdog = watchdog_lib.StepWatchdog(
-                    self._protocol, coordinator,
-                    self._quorum_policy).start()
+                    self._protocol, coordinator, self._quorum_policy,
+                    max_wait_s=self._max_wait_s).start()
             self._telemetry = telemetry_lib.TelemetryWriter(
                 self._protocol, self._telemetry_dir,
                 tensorboard_dir=self._tensorboard_dir).start()
@@ -459,10 +456,9 @@ class SyncReplicasWithBackups(metaclass=_Dispatch):
         steps.jsonl (records are kept in memory either way).
       tensorboard_dir: where to write per-update TensorBoard scalars
         (ps_sync/collect_s, update_interval_s, quorum, wasted_share).
-      poll_interval_s: how often an admitted worker checks whether its step
-        closed.
-      max_wait_s: hard bound on any single wait; the step watchdog normally
-        frees waiters long before.
+      max_wait_s: the step watchdog releases any worker that has waited this
+        long for its step to close (it normally releases them far earlier,
+        when no pending closure could close the step).
 
     Without ParameterServerStrategy, or with a single worker, it is exactly the
     wrapped optimizer.
@@ -471,5 +467,5 @@ class SyncReplicasWithBackups(metaclass=_Dispatch):
     def __init__(self, optimizer, replicas_to_aggregate,
                  total_num_replicas=None, quorum_policy=None,
                  telemetry_dir=None, tensorboard_dir=None,
-                 poll_interval_s=0.002, max_wait_s=600.0):
+                 max_wait_s=600.0):
         raise AssertionError("constructed through _Dispatch")  # pragma: no cover

@@ -14,15 +14,19 @@ fresh iff tag == current step: if any apply had started after the tag was
 read, the step would be larger. A gradient computed on a mix of versions
 therefore always carries a stale tag (invariant 1).
 
-Nothing here blocks without bound: the only wait is a polling loop with a
-deadline, which the coordinator-side step watchdog (`watchdog.py`) can also
-end early: when no remaining closure can complete the open step, when its
-quorum policy lowers the quorum, or when it fails the run.
+Waiting. An admitted worker that did not close its step blocks on a wake-up
+queue on the protocol PS instead of computing a gradient certain to be
+dropped. Every wake-up goes through the critical section and hands out one
+token per registered waiter: the closer of the step, or the coordinator-side
+step watchdog (`watchdog.py`), which releases the waiters when no pending
+closure could close the step (the end of an epoch), when a wait exceeds
+`max_wait_s`, or when the quorum policy fails the run. So no wait outlives the
+coordinator's judgement, and no wake-up is lost or doubled.
 """
+import time
 import uuid
 
 import tensorflow as tf
-from tensorflow.python.data.experimental.ops import testing as tf_data_testing
 
 # Push outcomes (telemetry records and per-worker counters).
 DROPPED_STALE = 0      # computed on an older version
@@ -39,23 +43,16 @@ NUM_PUSH_OUTCOMES = 5
 
 # Ways a wait for the step to close can end.
 WAIT_CLOSED = 0      # the step was applied
-WAIT_RELEASED = 1    # the watchdog saw no closure left that could close it
-WAIT_DEADLINE = 2    # max_wait_s passed
-WAIT_FAILED = 3      # the policy failed the run
-WAIT_NAMES = ("closed", "released", "deadline", "failed")
+WAIT_RELEASED = 1    # the watchdog released it (no closure left that could
+                     # close the step, or max_wait_s passed)
+WAIT_FAILED = 2      # the policy failed the run
+WAIT_NAMES = ("closed", "released", "failed")
+RELEASE_TOKEN = -1   # a wake-up token that is not a new step
 
 # Telemetry ring buffer columns, one row per push (and per policy close).
 LOG_FIELDS = ("step", "tag", "worker", "ready_at", "computed_at",
               "arrived_at", "outcome", "admitted_rank", "quorum")
 LOG_CAPACITY = 8192
-
-
-def _sleep(seconds):
-    """An in-graph sleep: TensorFlow has none outside tf.data."""
-    micros = tf.cast(seconds * 1e6, tf.int64)
-    ds = tf.data.Dataset.from_tensors(tf.constant(0, tf.int64))
-    ds = ds.apply(tf_data_testing.sleep(micros))
-    return ds.get_single_element()
 
 
 def _f64(x):
@@ -70,7 +67,7 @@ class SyncProtocol(tf.Module):
     """
 
     def __init__(self, var_list, replicas_to_aggregate, total_num_replicas,
-                 poll_interval_s=0.002, max_wait_s=600.0, run_id=None,
+                 max_wait_s=600.0, run_id=None,
                  initial_step=-1):
         super().__init__(name="ps_sync_protocol")
         if not 1 <= replicas_to_aggregate <= total_num_replicas:
@@ -80,7 +77,6 @@ class SyncProtocol(tf.Module):
                 % (total_num_replicas, replicas_to_aggregate))
         self.replicas_to_aggregate = int(replicas_to_aggregate)
         self.total_num_replicas = int(total_num_replicas)
-        self.poll_interval_s = float(poll_interval_s)
         self.max_wait_s = float(max_wait_s)
         # Names every shared PS resource of this coordinator run, so closures
         # of an earlier run can never meet the state of this one.
@@ -110,8 +106,8 @@ class SyncProtocol(tf.Module):
                                       "worker_tag")
                 self.ready_at = var(tf.zeros([n], tf.float64), "ready_at")
                 self.waiting = var(tf.zeros([n], tf.int32), "waiting")
-                self.release_gen = var(tf.constant(0, tf.int64),
-                                       "release_gen")
+                self.wait_since = var(tf.zeros([n], tf.float64),
+                                      "wait_since")
                 self.failed = var(tf.constant(0, tf.int32), "failed")
                 # Set (inside the critical section) while the coordinator
                 # writes a checkpoint: steps fill up but do not close.
@@ -135,6 +131,7 @@ class SyncProtocol(tf.Module):
                             "acc_" + v.name.split(":")[0].replace("/", "_")))
         self._device = self.published.device
         self._set_hold_fn = None
+        self._release_fn = None
         self._close_fn = None
         self._coordinator_apply = None
 
@@ -147,6 +144,26 @@ class SyncProtocol(tf.Module):
             return tf.CriticalSection(
                 shared_name="ps_sync_%s_step" % self.run_id,
                 name="ps_sync_" + purpose)
+
+    def _wake_queue(self):
+        # Created where it is used, with a fixed shared name: one queue on
+        # the protocol PS for every worker function and the coordinator.
+        with tf.device(self._device):
+            return tf.raw_ops.FIFOQueueV2(
+                component_types=[tf.int64], shapes=[[]], capacity=1 << 20,
+                shared_name="ps_sync_%s_wake" % self.run_id)
+
+    def _wake_waiters(self, token):
+        """Inside the critical section: one token per registered waiter."""
+        waiting = self.waiting.read_value()
+        tokens = tf.fill([tf.reduce_sum(waiting)], tf.cast(token, tf.int64))
+        woken = tf.raw_ops.QueueEnqueueManyV2(handle=self._wake_queue(),
+                                              components=[tokens])
+        with tf.control_dependencies([woken]):
+            cleared = self.waiting.assign(tf.zeros_like(waiting),
+                                          read_value=True)
+        with tf.control_dependencies([cleared]):
+            return tf.constant(True)
 
     def _record(self, fields, keep=True):
         """Append one telemetry row (inside the critical section). With
@@ -215,6 +232,8 @@ class SyncProtocol(tf.Module):
         with tf.control_dependencies(resets):
             published = self.published.assign(new_step, read_value=True)
         with tf.control_dependencies([published]):
+            woken = self._wake_waiters(published)
+        with tf.control_dependencies([woken]):
             end = self.apply_seq.assign_add(1, read_value=True)
         with tf.control_dependencies([end]):
             return tf.identity(count)
@@ -232,8 +251,7 @@ class SyncProtocol(tf.Module):
 
     def _admit_and_maybe_apply(self, worker, computed_at, grads, step_var,
                                apply_fn):
-        """Body of the push's critical section: (outcome, open step, release
-        generation, failed).
+        """Body of the push's critical section: (outcome, failed).
 
         The step closes here once its admitted count reaches the quorum: on
         the N-th admitted push, or, after a lowered quorum or a checkpoint
@@ -279,9 +297,11 @@ class SyncProtocol(tf.Module):
         retagged = self._retag(worker, keep=waits)
         marked = self.waiting.scatter_nd_update([[worker]],
                                                 [tf.cast(waits, tf.int32)])
-        with tf.control_dependencies([counted, logged, retagged, marked]):
-            return (tf.identity(outcome), self.published.read_value(),
-                    self.release_gen.read_value(), self.failed.read_value())
+        since = self.wait_since.scatter_nd_update([[worker]],
+                                                  [tf.timestamp()])
+        with tf.control_dependencies([counted, logged, retagged, marked,
+                                      since]):
+            return (tf.identity(outcome), self.failed.read_value())
 
     def _close_if_closable(self, step, step_var, apply_fn, closer,
                            record_close):
@@ -299,36 +319,23 @@ class SyncProtocol(tf.Module):
                 return tf.identity(closed)
         return tf.cond(self._closable(step), close, lambda: tf.constant(0))
 
-    def _wait_for_close(self, worker, step, release):
-        """Poll until the step after `step` is published, the watchdog
-        releases the waiters (generation above `release`: no closure left to
-        close it, or the run failed), or the deadline passes. The worker was
-        marked waiting inside its push's critical section. Returns how the
-        wait ended."""
-        deadline = tf.timestamp() + self.max_wait_s
-
-        def body(ended):
-            del ended
-            # Two small reads a poll: every extra one is a round trip.
-            with tf.control_dependencies([_sleep(self.poll_interval_s)]):
-                closed = self.published.read_value() > step
-                released = self.release_gen.read_value() > release
-                late = tf.timestamp() > deadline
-            ended = tf.where(late, WAIT_DEADLINE, -1)
-            ended = tf.where(released, WAIT_RELEASED, ended)
-            return (tf.where(closed, WAIT_CLOSED, ended),)
-
-        ended, = tf.while_loop(lambda ended: tf.equal(ended, -1), body,
-                               [tf.constant(-1)])
-        # Explicit dependencies: these touch no resource the loop reads, so
-        # automatic control dependencies would let them run before it.
-        with tf.control_dependencies([ended]), tf.device(self._device):
+    def _wait_for_close(self, worker):
+        """Block until a wake-up token for this wait arrives (the worker was
+        registered as a waiter inside its push's critical section). Returns
+        how the wait ended."""
+        with tf.device(self._device):
+            token, = tf.raw_ops.QueueDequeueV2(handle=self._wake_queue(),
+                                               component_types=[tf.int64])
+        # Explicit: nothing below touches the queue, so automatic control
+        # dependencies would let the retag read the version before the wake.
+        with tf.control_dependencies([token]), tf.device(self._device):
+            ended = tf.where(tf.equal(token, RELEASE_TOKEN), WAIT_RELEASED,
+                             WAIT_CLOSED)
             ended = tf.where(self.failed.read_value() > 0, WAIT_FAILED, ended)
-            unmark = self.waiting.scatter_nd_update([[worker]], [0])
             retagged = self._retag(worker)
             count = self.wait_ends.scatter_nd_add([[worker, ended]],
                                                   tf.constant([1], tf.int64))
-        with tf.control_dependencies([unmark, count, retagged]):
+        with tf.control_dependencies([count, retagged]):
             return tf.identity(ended)
 
     def push(self, worker, grads, step_var, apply_fn):
@@ -346,19 +353,22 @@ class SyncProtocol(tf.Module):
         # The body runs on the protocol PS: one round trip per push. Only an
         # admitted gradient travels (the admit branch's inputs are gated).
         with tf.device(self._device):
-            outcome, step, release, failed = cs.execute(
+            outcome, failed = cs.execute(
                 lambda: self._admit_and_maybe_apply(
                     worker, computed_at, grads, step_var, apply_fn),
                 exclusive_resource_access=False)
         # An admitted worker that did not close the step would only compute a
         # gradient certain to be dropped: wait for the new version instead.
         waited = tf.cond(tf.equal(outcome, ADMITTED),
-                         lambda: self._wait_for_close(worker, step, release),
+                         lambda: self._wait_for_close(worker),
                          lambda: tf.constant(-1))
         with tf.device(self._device):
             ok = tf.logical_and(tf.equal(failed, 0),
                                 tf.not_equal(waited, WAIT_FAILED))
-            check = tf.debugging.Assert(ok, [self.fail_message.read_value()],
+            # Read after the flag: the message is written before the flag.
+            with tf.control_dependencies([ok]):
+                message = self.fail_message.read_value()
+            check = tf.debugging.Assert(ok, [message],
                                         name="ps_sync_quorum_failed")
         with tf.control_dependencies([check]):
             return tf.identity(outcome)
@@ -394,8 +404,30 @@ class SyncProtocol(tf.Module):
     # -- coordinator side ---------------------------------------------------
 
     def release_waiters(self):
-        """Let every waiting worker return (used by the watchdog)."""
-        self.release_gen.assign_add(1)
+        """Wake every registered waiter (from the coordinator): its step
+        stays open. Returns how many were woken."""
+        if self._release_fn is None:
+            @tf.function
+            def release_fn():
+                cs = self._critical_section([], "release")
+                with tf.device(self._device):
+                    def body():
+                        count = tf.reduce_sum(self.waiting)
+                        with tf.control_dependencies([count]):
+                            woken = self._wake_waiters(RELEASE_TOKEN)
+                        with tf.control_dependencies([woken]):
+                            return tf.identity(count)
+                    return cs.execute(body, exclusive_resource_access=False)
+            self._release_fn = release_fn
+        return int(self._release_fn().numpy())
+
+    def oldest_wait_s(self):
+        """Seconds the longest current waiter has waited, or 0."""
+        waiting = self.waiting.numpy()
+        if not waiting.any():
+            return 0.0
+        since = self.wait_since.numpy()[waiting > 0].min()
+        return time.time() - float(since)
 
     def lower_quorum(self, step, quorum):
         """Lower the quorum of open step `step`; no effect on any other

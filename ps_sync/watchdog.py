@@ -5,9 +5,10 @@ Releases. A worker admitted to an open step waits for it to close. At the end
 of an epoch (or of a custom loop's schedule) the closures that could complete
 the quorum may never come, and `ClusterCoordinator.join()` would wait on the
 waiters forever (hazard 3 of DESIGN.md). Once every pending closure is a
-waiter, the watchdog bumps the release generation on the protocol PS and the
-waiters return, leaving the open step open for later closures. A release
-never touches protocol state, so a spurious one only costs efficiency.
+waiter, the watchdog wakes the waiters and they return, leaving the open step
+open for later closures; it does the same for any wait longer than
+`max_wait_s`. A release never touches the step's state, so a spurious one
+only costs efficiency.
 
 Quorum policy. The open step's clock runs only while closures are pending (an
 idle coordinator is not a slow cluster). The policy may lower the step's
@@ -56,11 +57,13 @@ def _fail_queue(coordinator, error):
 
 class StepWatchdog:
 
-    def __init__(self, protocol, coordinator, policy=None, interval_s=0.05):
+    def __init__(self, protocol, coordinator, policy=None, interval_s=0.05,
+                 max_wait_s=None):
         self._protocol = protocol
         self._coordinator = coordinator
         self._policy = policy or quorum_lib.FixedQuorum()
         self._interval_s = interval_s
+        self._max_wait_s = max_wait_s
         self._stop = threading.Event()
         self.releases = 0
         self.degraded_steps = []
@@ -75,8 +78,8 @@ class StepWatchdog:
         if pending_closures(self._coordinator) is None:
             logging.warning(
                 "ps_sync: this TensorFlow's ClusterCoordinator does not expose "
-                "its closure queue; waiters are freed only by max_wait_s and "
-                "the quorum policy is not applied")
+                "its closure queue; waiters at the end of a schedule are not "
+                "released and the quorum policy is not applied")
             return self
         self._thread.start()
         return self
@@ -102,8 +105,12 @@ class StepWatchdog:
             waiting = self._protocol.num_waiting()
             # Re-read: a closure may have been scheduled meanwhile.
             if waiting and pending_closures(self._coordinator) <= waiting:
-                self._protocol.release_waiters()
-                self.releases += 1
+                self.releases += bool(self._protocol.release_waiters())
+        if (pending and self._max_wait_s is not None
+                and self._protocol.oldest_wait_s() > self._max_wait_s):
+            logging.warning("ps_sync: releasing waiters after max_wait_s=%g",
+                            self._max_wait_s)
+            self.releases += bool(self._protocol.release_waiters())
         if isinstance(self._policy, quorum_lib.FixedQuorum):
             return
         now = time.monotonic()

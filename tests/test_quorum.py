@@ -45,7 +45,7 @@ def test_config_round_trip_and_errors():
         quorum.TimeoutThenDegrade(0, 1)
 
 
-def _stuck_worker_run(policy):
+def _stuck_worker_run(policy, max_wait_s=600.0):
     """3 workers, all 3 needed, worker 2 stalls 6 s on every batch."""
     import tensorflow as tf
     from ps_sync.optimizer import SyncReplicasWithBackups
@@ -58,7 +58,8 @@ def _stuck_worker_run(policy):
         model = probe.ProbeModel(3)
         model.build([None, 1])
         opt = SyncReplicasWithBackups(tf.keras.optimizers.SGD(probe.LR), 3, 3,
-                                      quorum_policy=policy)
+                                      quorum_policy=policy,
+                                      max_wait_s=max_wait_s)
     iterator = iter(coordinator.create_per_worker_dataset(
         probe.delayed_dataset_fn([0.0, 0.0, 6.0], 3)))
 
@@ -82,7 +83,8 @@ def _stuck_worker_run(policy):
     steps = opt.telemetry.steps
     return {"error": error, "iterations": int(opt.iterations.numpy()),
             "degraded": [s["admitted"] for s in steps if s["degraded"]],
-            "full": [s["admitted"] for s in steps if not s["degraded"]]}
+            "full": [s["admitted"] for s in steps if not s["degraded"]],
+            "stats": opt.sync_stats()}
 
 
 def test_timeout_then_degrade_closes_steps_without_the_stuck_worker():
@@ -106,3 +108,14 @@ def test_timeout_then_fail_stops_with_the_missing_worker_named():
     assert r["error"] is not None
     assert "worker-2" in r["error"] and "quorum_timeout_s=0.5" in r["error"]
     assert r["degraded"] == []
+
+
+def test_max_wait_releases_waiters_but_never_applies_a_short_step():
+    r = fresh_interpreter.run(HERE + ":_stuck_worker_run",
+                              dict(policy=None, max_wait_s=0.5), timeout=240)
+    assert r["error"] is None
+    released = sum(w["wait_released"] for w in r["stats"]["per_worker"][:2])
+    assert released >= 2
+    # The fixed quorum still holds: every applied update has all 3 workers.
+    assert r["degraded"] == []
+    assert all(sorted(a) == [0, 1, 2] for a in r["full"])
