@@ -29,6 +29,7 @@ Definitions (times in seconds, all from telemetry records):
 import ps_sync.keras_env  # noqa: F401  (telemetry loads TensorFlow)
 
 import argparse
+import bisect
 import collections
 import json
 import math
@@ -71,10 +72,6 @@ def describe(values):
         out["p%d" % round(100 * q)] = quantile(values, q)
     out["max"] = max(values)
     return out
-
-
-def fraction_within(values, limit):
-    return sum(1 for v in values if v <= limit) / len(values) if values else None
 
 
 # -- reading a run -----------------------------------------------------------
@@ -196,7 +193,8 @@ def step_times(pushes, num_workers):
     for p in pushes:
         if p["ready_at"] > 0 and p["worker"] < num_workers:
             out[p["worker"]]["step"].append(p["arrived_at"] - p["ready_at"])
-            out[p["worker"]]["compute"].append(p["computed_at"] - p["ready_at"])
+            out[p["worker"]]["compute"].append(
+                p["computed_at"] - p["ready_at"])
     return out
 
 
@@ -262,8 +260,16 @@ def pause_delays(pushes, pauses):
     out = []
     for pause in pauses:
         worker = pause["worker"]
-        hit = [g for g in gaps[worker]
-               if g[0] < pause["end"] and g[1] > pause["start"]]
+        # Gaps are sorted and disjoint: the ones overlapping the pause start
+        # at the last gap beginning before it.
+        mine = gaps[worker]
+        first = max(0, bisect.bisect_left(mine, (pause["start"],)) - 1)
+        hit = []
+        for g in mine[first:]:
+            if g[0] >= pause["end"]:
+                break
+            if g[1] > pause["start"]:
+                hit.append(g)
         observed = (sum(max(0.0, hi - lo - baseline[worker])
                         for lo, hi, _ in hit) if hit else None)
         out.append(dict(pause, gaps_affected=len(hit),
@@ -325,6 +331,7 @@ def analyze(run, limit_s=None):
             "injected_s": sum(d["paused_s"] for d in delays),
             "observed_s": sum(d["observed_delay_s"] for d in observed),
             "matched": len(observed),
+            "matched_injected_s": sum(d["paused_s"] for d in observed),
             "events": delays,
         }
     return result
@@ -342,7 +349,8 @@ def text_report(result):
              % (w, n, (w - n) if n else "?"),
              "updates %d, pushes %d, wasted share %s, updates/s %s"
              % (result["updates"], result["pushes"],
-                _fmt(result["wasted_share"]), _fmt(result["updates_per_s"], 2)),
+                _fmt(result["wasted_share"]),
+                _fmt(result["updates_per_s"], 2)),
              "",
              "Time to the k-th gradient of a version (s), over %d versions:"
              % result["versions"],
@@ -362,10 +370,11 @@ def text_report(result):
             _fmt(p["step_time"]["p90"]), p["compute_s"], p["waiting_s"]))
     pauses = result["pauses"]
     if pauses is not None:
-        lines += ["", "Injected pauses: %d, %.1f s in total; observed delay "
-                  "%.1f s over the %d during training"
+        lines += ["", "Injected pauses: %d, %.1f s in total; %d (%.1f s) "
+                  "while the worker trained, observed delay %.1f s"
                   % (pauses["count"], pauses["injected_s"],
-                     pauses["observed_s"], pauses["matched"])]
+                     pauses["matched"], pauses["matched_injected_s"],
+                     pauses["observed_s"])]
     return "\n".join(lines) + "\n"
 
 
@@ -389,6 +398,9 @@ def plot_arrivals(result, path):
         ys = [(i + 1) / versions for i in range(len(xs))]
         ax.step(xs, ys, where="post", linewidth=2.5 if k == n else 1.2,
                 label="k=%d%s" % (k, " (N)" if k == n else ""))
+    values = [v for vs in result["arrival_offsets"] for v in vs if v > 0]
+    if values and max(values) > 10 * quantile(values, 0.5):
+        ax.set_xscale("log")  # a heavy tail would squash the body
     ax.set_xlabel("time since the version was published (s)")
     ax.set_ylabel("fraction of versions with k gradients")
     ax.set_title("Time to collect the k-th gradient (%d versions)" % versions)
@@ -487,10 +499,13 @@ def run_analysis(run_dir, out_dir=None, num_workers=None,
     run = load_run(run_dir, num_workers, replicas_to_aggregate)
     result = analyze(run, limit_s)
     out_dir = out_dir or run_dir
-    result["plots"] = write_plots(run, result, os.path.join(out_dir, PLOTS_DIR))
+    result["plots"] = write_plots(run, result,
+                                  os.path.join(out_dir, PLOTS_DIR))
     text = text_report(result)
+    # The raw offsets (versions x workers numbers) stay out of the file.
+    saved = {k: v for k, v in result.items() if k != "arrival_offsets"}
     with open(os.path.join(out_dir, REPORT_JSON), "w") as f:
-        json.dump(result, f, indent=1)
+        json.dump(saved, f, indent=1)
     with open(os.path.join(out_dir, REPORT_TEXT), "w") as f:
         f.write(text)
     return result, text

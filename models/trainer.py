@@ -1,0 +1,234 @@
+"""One training run on the chief: build, restore, `model.fit`, evaluate.
+
+    outcome = trainer.train(config, strategy, run_dir)
+
+Keras "epochs" are intervals: each schedules N worker steps per update it
+may apply (every update takes N admitted pushes), so no interval applies
+more than `eval_every_updates` updates, and ends with a join, after which
+the chief evaluates and stops once the target is reached. Training can
+therefore end past the target by up to one interval.
+
+Everything that runs TensorFlow ops after training (the final evaluation,
+closing the telemetry) happens in `on_train_end`, still inside `model.fit`:
+once fit returns, Keras drops its per-worker iterators, and the chief's
+next eager op can wait for their remote deletion on a worker the launcher
+keeps pausing (seen: 5 to 30 s).
+"""
+import dataclasses
+import math
+import os
+import time
+
+from ps_sync import keras_env  # noqa: F401
+
+import tensorflow as tf
+
+from models import datasets, evaluation, progress, recipes, registry
+from models import scalar_log
+from ps_sync import checkpointing
+from ps_sync.optimizer import SyncReplicasWithBackups
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything a run needs, resolved from flags and the recipe."""
+    model: str
+    dataset: str
+    data_dir: str
+    image_size: int
+    input_shape: tuple
+    num_classes: int
+    num_train_examples: int
+    sync: bool
+    replicas_to_aggregate: int
+    total_num_replicas: int
+    quorum_policy: dict
+    recipe: recipes.Recipe
+    target_updates: int
+    updates_per_epoch: float
+    eval_every_updates: int
+    checkpoint_every_updates: int
+    eval_batch_size: int = 256
+    steps_per_execution: int = 1
+    progress_every_s: float = 5.0
+    seed: int = 0
+
+    @property
+    def backup_workers(self):
+        return self.total_num_replicas - self.replicas_to_aggregate
+
+    def mode_text(self):
+        if self.sync:
+            return "sync, N=%d of %d workers (b=%d)" % (
+                self.replicas_to_aggregate, self.total_num_replicas,
+                self.backup_workers)
+        return "async, %d workers" % self.total_num_replicas
+
+
+def say(message):
+    print(message, flush=True)
+
+
+def build(config, strategy, run_dir):
+    """Model and optimizer under the strategy; the optimizer's slots are built
+    now so that a checkpoint restores into them at once."""
+    with strategy.scope():
+        model = registry.build_model(config.model, config.num_classes,
+                                     input_shape=config.input_shape)
+        optimizer = recipes.make_optimizer(config.recipe,
+                                           config.updates_per_epoch)
+        if config.sync:
+            optimizer = SyncReplicasWithBackups(
+                optimizer, config.replicas_to_aggregate,
+                config.total_num_replicas,
+                quorum_policy=config.quorum_policy, telemetry_dir=run_dir)
+        model.compile(optimizer,
+                      steps_per_execution=config.steps_per_execution,
+                      **registry.compile_kwargs(config.model))
+        optimizer.build(model.trainable_variables)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
+    return model, optimizer, checkpoint
+
+
+class _Run:
+    """The state of one chief's training: evaluation, logs, the clock."""
+
+    def __init__(self, config, model, optimizer, evaluator, writer,
+                 time_offset):
+        self.config = config
+        self.model = model
+        self.optimizer = optimizer
+        self.evaluator = evaluator
+        self.writer = writer
+        self.time_offset = time_offset  # training time of earlier chiefs
+        self.fit_start = None
+        self.monitor = None
+        self.train_time = 0.0
+        self.final = None
+        self.sync_stats = None
+
+    def clock(self):
+        return self.time_offset + (time.time() - self.fit_start)
+
+    def updates(self):
+        return int(self.optimizer.iterations.numpy())
+
+    def evaluate(self, update, elapsed_s):
+        record = self.evaluator.evaluate(
+            evaluation.moving_average_weights(self.model, self.optimizer),
+            update, elapsed_s)
+        top5 = record["top5"] if record["top5"] is not None else float("nan")
+        say("eval: update %d/%d | precision@1 %.4f precision@5 %.4f | loss "
+            "%.4f | %.0f s" % (record["update"], self.config.target_updates,
+                               record["top1"], top5, record["loss"],
+                               record["elapsed_s"] or 0))
+        self.writer.scalars({"eval/" + k: record[k]
+                             for k in ("top1", "top5", "loss")},
+                            record["update"])
+        return record
+
+    def finish(self):
+        """Close the telemetry and evaluate the final weights (with a moving
+        average, Keras has already put the averages in the model)."""
+        if self.fit_start is not None:
+            self.train_time = time.time() - self.fit_start
+        if self.monitor is not None:
+            self.monitor.stop()
+        if hasattr(self.optimizer, "close"):
+            self.optimizer.close()  # flushes the telemetry files
+            self.sync_stats = self.optimizer.sync_stats()
+        self.final = self.evaluate(self.updates(),
+                                   self.time_offset + self.train_time)
+        self.writer.close()
+
+
+class _IntervalCallback(tf.keras.callbacks.Callback):
+    """At each interval's end (every closure joined, so the weights are
+    those of whole updates): evaluate, or stop once at the target."""
+
+    def __init__(self, run):
+        super().__init__()
+        self.run = run
+
+    def on_epoch_end(self, epoch, logs=None):
+        updates = self.run.updates()
+        self.run.writer.scalars(
+            {"train/" + k: v for k, v in (logs or {}).items()}, updates)
+        if updates >= self.run.config.target_updates:
+            self.model.stop_training = True  # on_train_end evaluates
+        else:
+            self.run.evaluate(updates, self.run.clock())
+
+    def on_train_end(self, logs=None):
+        self.run.finish()
+
+
+def _steps_per_interval(config, remaining):
+    pushes_per_update = config.replicas_to_aggregate if config.sync else 1
+    interval = min(config.eval_every_updates, remaining)
+    spe = config.steps_per_execution
+    steps = spe * max(1, int(math.ceil(interval * pushes_per_update / spe)))
+    # An upper bound on intervals only: the callback stops at the target.
+    max_intervals = 100 * int(math.ceil(remaining / interval)) + 10
+    return steps, max_intervals
+
+
+def train(config, strategy, run_dir):
+    """Train to the target; returns what the summary needs."""
+    model, optimizer, checkpoint = build(config, strategy, run_dir)
+    checkpointer = checkpointing.UpdateCheckpointer(
+        checkpoint, os.path.join(run_dir, "checkpoints"), optimizer,
+        config.checkpoint_every_updates)
+    restored = checkpointer.restore_latest()
+    start_update = int(optimizer.iterations.numpy())
+    if restored is not None:
+        say("restored %s: continuing from update %d"
+            % (checkpointer.manager.latest_checkpoint, start_update))
+    evaluator = evaluation.ChiefEvaluator(
+        config.model, config.num_classes, config.input_shape,
+        datasets.eval_dataset(config.dataset, config.eval_batch_size,
+                              config.data_dir, config.image_size), run_dir)
+    # Training time continues from the last evaluation of an earlier chief.
+    offset = (max([h.get("elapsed_s") or 0.0 for h in evaluator.history],
+                  default=0.0) if restored is not None else 0.0)
+    run = _Run(config, model, optimizer, evaluator,
+               scalar_log.ScalarLog(os.path.join(run_dir, "tensorboard")),
+               offset)
+    remaining = config.target_updates - start_update
+    if start_update == 0:
+        run.evaluate(0, 0.0)
+    if remaining <= 0:
+        say("nothing to train: update %d already reaches the target %d"
+            % (start_update, config.target_updates))
+        run.finish()
+    else:
+        steps, max_intervals = _steps_per_interval(config, remaining)
+        # A restarted chief must not replay the first run's input order.
+        dataset_fn = datasets.per_worker_dataset_fn(
+            config.dataset, config.recipe.batch_size,
+            seed=config.seed + 1000003 * start_update,
+            data_dir=config.data_dir, image_size=config.image_size)
+        run.monitor = progress.ProgressMonitor(
+            optimizer, config.target_updates, config.progress_every_s,
+            run.writer, printer=say)
+        say("training %s on %s: %s, %d updates to go (of %d), %d worker "
+            "steps per interval" % (config.model, config.dataset,
+                                    config.mode_text(), remaining,
+                                    config.target_updates, steps))
+        # The checkpoint callback's final save comes before the final
+        # evaluation (both in on_train_end).
+        callbacks = [checkpointing.UpdateCheckpointCallback(checkpointer),
+                     _IntervalCallback(run)]
+        run.fit_start = time.time()
+        run.monitor.start()
+        try:
+            model.fit(tf.keras.utils.experimental.DatasetCreator(dataset_fn),
+                      epochs=max_intervals, steps_per_epoch=steps,
+                      callbacks=callbacks, verbose=0)
+        finally:
+            run.monitor.stop()
+    return {"start_update": start_update, "updates": run.final["update"],
+            "train_time_s": run.train_time, "eval_history": evaluator.history,
+            "final_eval": run.final,
+            "checkpoint": checkpointer.manager.latest_checkpoint,
+            "sync_stats": run.sync_stats}
