@@ -37,6 +37,14 @@ def _parameter_server_strategy(strategy):
                       tf.distribute.experimental.ParameterServerStrategy)
 
 
+def _sync_from_config(config, custom_objects, legacy):
+    config = dict(config)
+    inner = tf.keras.optimizers.deserialize(
+        config.pop("optimizer"), custom_objects=custom_objects,
+        use_legacy_optimizer=legacy)
+    return SyncReplicasWithBackups(inner, **config)
+
+
 class _SyncReplicasMixin:
     """What the two optimizer families share: settings, protocol, push."""
 
@@ -116,6 +124,11 @@ class _SyncReplicasMixin:
             self._watchdog.stop()
         if self._telemetry is not None:
             self._telemetry.close()
+
+    def _sync_get_config(self):
+        config = {"optimizer": tf.keras.optimizers.serialize(self._optimizer)}
+        config.update(self._sync_config())
+        return config
 
     def _sync_config(self):
         return {"replicas_to_aggregate": self._replicas_to_aggregate,
@@ -299,16 +312,11 @@ class _SyncReplicasV3(tf.__internal__.tracking.DelegatingTrackableMixin,
         return self._optimizer.finalize_variable_values(var_list)
 
     def get_config(self):
-        config = {"optimizer": tf.keras.optimizers.serialize(self._optimizer)}
-        config.update(self._sync_config())
-        return config
+        return self._sync_get_config()
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        inner = tf.keras.optimizers.deserialize(
-            config.pop("optimizer"), custom_objects=custom_objects)
-        return SyncReplicasWithBackups(inner, **config)
+        return _sync_from_config(config, custom_objects, legacy=False)
 
 
 @tf.keras.utils.register_keras_serializable(
@@ -408,17 +416,11 @@ class _SyncReplicasLegacy(tf.__internal__.tracking.DelegatingTrackableMixin,
             super().__setattr__(name, value)
 
     def get_config(self):
-        config = {"optimizer": tf.keras.optimizers.serialize(self._optimizer)}
-        config.update(self._sync_config())
-        return config
+        return self._sync_get_config()
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        inner = tf.keras.optimizers.deserialize(
-            config.pop("optimizer"), custom_objects=custom_objects,
-            use_legacy_optimizer=True)
-        return SyncReplicasWithBackups(inner, **config)
+        return _sync_from_config(config, custom_objects, legacy=True)
 
 
 class _Dispatch(type):

@@ -62,6 +62,19 @@ class ProbeModel(tf.keras.Model):
         return tf.zeros_like(x[:, :1]) + loss
 
 
+def train_step_fn(strategy, model, optimizer):
+    """The scheduled function of a custom training loop on the probe."""
+    @tf.function
+    def step(iterator):
+        def replica_fn(x):
+            with tf.GradientTape() as tape:
+                loss = probe_loss(None, model(x))
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return strategy.run(replica_fn, args=(next(iterator),))
+    return step
+
+
 def probe_loss(y_true, y_pred):
     del y_true
     return tf.reduce_mean(y_pred)

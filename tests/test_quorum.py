@@ -63,14 +63,7 @@ def _stuck_worker_run(policy, max_wait_s=600.0):
     iterator = iter(coordinator.create_per_worker_dataset(
         probe.delayed_dataset_fn([0.0, 0.0, 6.0], 3)))
 
-    @tf.function
-    def step(it):
-        def replica_fn(x):
-            with tf.GradientTape() as tape:
-                loss = probe.probe_loss(None, model(x))
-            grads = tape.gradient(loss, model.trainable_variables)
-            opt.apply_gradients(zip(grads, model.trainable_variables))
-        return strategy.run(replica_fn, args=(next(it),))
+    step = probe.train_step_fn(strategy, model, opt)
 
     error = None
     try:

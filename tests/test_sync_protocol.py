@@ -35,14 +35,7 @@ def _probe_custom_loop(workers, replicas, num_ps, closures, delays=(),
         probe.delayed_dataset_fn(list(delays), workers))
     iterator = iter(dataset)
 
-    @tf.function
-    def step(it):
-        def replica_fn(x):
-            with tf.GradientTape() as tape:
-                loss = probe.probe_loss(None, model(x))
-            grads = tape.gradient(loss, model.trainable_variables)
-            opt.apply_gradients(zip(grads, model.trainable_variables))
-        return strategy.run(replica_fn, args=(next(it),))
+    step = probe.train_step_fn(strategy, model, opt)
 
     for _ in range(closures):
         coordinator.schedule(step, args=(iterator,))
