@@ -80,6 +80,7 @@ class _SyncReplicasMixin:
         self._tensorboard_dir = tensorboard_dir
         self._max_wait_s = float(max_wait_s)
         self._protocol = None
+        self._protocol_vars = None
         self._watchdog = None
         self._telemetry = None
 
@@ -158,7 +159,17 @@ class _SyncReplicasMixin:
 
     def _ensure_protocol(self, var_list):
         if self._protocol is not None:
+            if [id(v) for v in var_list] != self._protocol_vars:
+                # The accumulators were built for the first list.
+                raise ValueError(
+                    "SyncReplicasWithBackups aggregates one fixed list of "
+                    "variables, the one of its first apply_gradients (%d "
+                    "variables); this call passes %d, or others. Use one "
+                    "wrapper per set of variables, and make every variable "
+                    "get a gradient (None gradients are dropped)."
+                    % (len(self._protocol_vars), len(var_list)))
             return
+        self._protocol_vars = self._no_dependency([id(v) for v in var_list])
         strategy = tf.distribute.get_strategy()
         self._check_cluster(strategy)
         with tf.init_scope(), contextlib.ExitStack() as scopes:
@@ -171,7 +182,6 @@ class _SyncReplicasMixin:
             self._protocol = self._no_dependency(protocol_lib.SyncProtocol(
                 var_list, self._replicas_to_aggregate,
                 self._total_num_replicas,
-                max_wait_s=self._max_wait_s,
                 initial_step=int(self._optimizer.iterations.numpy())))
             self._protocol.set_coordinator_apply(
                 lambda means: self._cross_replica_apply(

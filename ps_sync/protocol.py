@@ -36,7 +36,8 @@ ADMITTED_CLOSED = 3    # counted, and completed the quorum: step applied
 DROPPED_LATE = 4       # fresh, but the step's quorum was already full (only
                        # while a checkpoint holds the step open)
 POLICY_CLOSED = 5      # not a push outcome: a step closed by a push that did
-                       # not count in it, or by a waiter (degraded or held)
+                       # not count in it, or by the coordinator (a lowered
+                       # quorum, or the end of a checkpoint hold)
 OUTCOME_NAMES = ("dropped_stale", "dropped_duplicate", "admitted",
                  "admitted_closed", "dropped_late", "policy_closed")
 NUM_PUSH_OUTCOMES = 5
@@ -67,8 +68,7 @@ class SyncProtocol(tf.Module):
     """
 
     def __init__(self, var_list, replicas_to_aggregate, total_num_replicas,
-                 max_wait_s=600.0, run_id=None,
-                 initial_step=-1):
+                 run_id=None, initial_step=-1):
         super().__init__(name="ps_sync_protocol")
         if not 1 <= replicas_to_aggregate <= total_num_replicas:
             raise ValueError(
@@ -77,7 +77,6 @@ class SyncProtocol(tf.Module):
                 % (total_num_replicas, replicas_to_aggregate))
         self.replicas_to_aggregate = int(replicas_to_aggregate)
         self.total_num_replicas = int(total_num_replicas)
-        self.max_wait_s = float(max_wait_s)
         # Names every shared PS resource of this coordinator run, so closures
         # of an earlier run can never meet the state of this one.
         self.run_id = run_id or uuid.uuid4().hex[:12]

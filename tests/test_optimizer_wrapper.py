@@ -126,3 +126,38 @@ def test_cluster_that_does_not_match_is_refused_naming_the_setting():
                                     timeout=120)
     assert message is not None
     assert "total_num_replicas=3 but the cluster has 2 workers" in message
+
+
+def _second_variable_list():
+    import tensorflow as tf
+    from ps_sync.optimizer import SyncReplicasWithBackups
+    from ps_sync.testing import inprocess_cluster
+
+    strategy = inprocess_cluster.strategy(2, 1)
+    coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
+    with strategy.scope():
+        a, b = tf.Variable(1.0), tf.Variable(2.0)
+        opt = SyncReplicasWithBackups(tf.keras.optimizers.SGD(0.1), 1, 2)
+
+    def make_step(variables):
+        @tf.function
+        def step():
+            def replica_fn():
+                opt.apply_gradients([(tf.ones([]), v) for v in variables])
+            strategy.run(replica_fn)
+        return step
+
+    coordinator.schedule(make_step([a, b]))
+    coordinator.join()
+    try:
+        coordinator.schedule(make_step([a]))
+        coordinator.join()
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def test_a_second_variable_list_is_refused():
+    message = fresh_interpreter.run(__name__ + ":_second_variable_list",
+                                    timeout=120)
+    assert message and "one fixed list of variables" in message
