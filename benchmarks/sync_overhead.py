@@ -94,7 +94,7 @@ def _tf1_sync(workers, seconds, batch):
             "pushes": float(sum(pushes) * (s1 - s0) / max(1, s1))}
 
 
-def _tf2(workers, seconds, batch, mode, replicas):
+def _tf2(workers, seconds, batch, mode, replicas, steps_per_closure=1):
     import ps_sync.keras_env  # noqa: F401
     import tensorflow as tf
     from ps_sync import telemetry
@@ -123,7 +123,9 @@ def _tf2(workers, seconds, batch, mode, replicas):
             grads = tape.gradient(loss, [w1, w2])
             opt.apply_gradients(zip(grads, [w1, w2]))
             pushes.assign_add(1)
-        strategy.run(replica_fn)
+        # As model.fit's steps_per_execution: several pushes per closure.
+        for _ in tf.range(steps_per_closure):
+            strategy.run(replica_fn)
 
     # Warm up (tracing, first pushes), then count over a fixed wall time.
     for _ in range(2 * workers):
@@ -150,24 +152,29 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps_per_closure", type=int, default=1,
+                        help="pushes per scheduled closure for the TF2 runs, "
+                        "like model.fit's steps_per_execution")
     parser.add_argument("--out", default="benchmarks/results/sync_overhead")
     args = parser.parse_args(argv)
     sys.path.insert(0, os.getcwd())
     from ps_sync.testing import fresh_interpreter
 
-    w = args.workers
+    w, spc = args.workers, args.steps_per_closure
     runs = {
         "tf1_sync": (HERE + ":_tf1_sync",
                      dict(workers=w, seconds=args.seconds, batch=args.batch)),
         "ps_sync": (HERE + ":_tf2", dict(workers=w, seconds=args.seconds,
                                          batch=args.batch, mode="sync",
-                                         replicas=w)),
+                                         replicas=w,
+                                         steps_per_closure=spc)),
         "ps_sync_b1": (HERE + ":_tf2", dict(workers=w, seconds=args.seconds,
                                             batch=args.batch, mode="sync",
-                                            replicas=w - 1)),
+                                            replicas=w - 1,
+                                            steps_per_closure=spc)),
         "async": (HERE + ":_tf2", dict(workers=w, seconds=args.seconds,
                                        batch=args.batch, mode="async",
-                                       replicas=w)),
+                                       replicas=w, steps_per_closure=spc)),
     }
     results = {}
     for name, (target, kwargs) in runs.items():
