@@ -42,16 +42,25 @@ def run(config, run_dir, done_file, poll_s=2.0, say=print):
 
     say("evaluator: watching %s" % directory)
     seen = {h["update"] for h in evaluator.history}
-    for path in tf.train.checkpoints_iterator(
-            directory, min_interval_secs=poll_s, timeout=poll_s,
-            timeout_fn=chief_done):
+
+    def evaluate(path):
         update = checkpoint_update(path)
         if update in seen:
-            continue
+            return
         checkpoint.restore(path).expect_partial()
         record = evaluator.evaluate(evaluator.model.get_weights(), update,
                                     time.time() - started)
         seen.add(update)
         say("evaluator: %s | precision@1 %.4f precision@5 %.4f"
             % (os.path.basename(path), record["top1"], record["top5"]))
+
+    for path in tf.train.checkpoints_iterator(
+            directory, min_interval_secs=poll_s, timeout=poll_s,
+            timeout_fn=chief_done):
+        evaluate(path)
+    # The iterator can stop on the chief's done file before it has yielded
+    # the final checkpoint, written just before: evaluate that one too.
+    last = tf.train.latest_checkpoint(directory)
+    if last is not None:
+        evaluate(last)
     return evaluator.history
