@@ -115,7 +115,17 @@ class Supervisor:
 
     def _handle(self, task):
         """Apply the rules to one exited task; a return value ends the run."""
+        if task.alive():
+            return None  # restarted meanwhile (with a server that died)
         code = task.returncode
+        if task.job == "chief" and code > 0:
+            # A chief that lost its parameter server fails with an error,
+            # sometimes before the launcher has seen the server die.
+            dead_ps = self._dead_parameter_server()
+            if dead_ps is not None:
+                self.cluster.say("chief failed (exit code %d) after %s died"
+                                 % (code, dead_ps.name))
+                return self._handle(dead_ps)
         if task.job == "chief" and code >= 0:
             self.cluster.say("chief finished with exit code %d; stopping "
                               "every task" % code)
@@ -144,6 +154,18 @@ class Supervisor:
         self.cluster.wait_ready(ps)
         self.cluster.restart(chief.name)
         return None
+
+    def _dead_parameter_server(self, grace_s=2.0):
+        """A parameter server that exited, looked for during `grace_s`."""
+        deadline = time.monotonic() + grace_s
+        while True:
+            for t in self.cluster.servers():
+                if t.job == "ps" and t.proc is not None and not t.alive():
+                    self.cluster.poll()  # reports it once, as usual
+                    return t
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(self.poll_interval)
 
     def _may_restart(self, task):
         if self.restarts >= self.max_restarts:

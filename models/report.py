@@ -108,6 +108,10 @@ def table(summary):
                      "worker trained, observed delay %.1f s"
                      % (p["count"], p["injected_s"], p["matched"],
                         p["matched_injected_s"], p["observed_s"]))
+    for r in s.get("rollbacks") or []:
+        lines.append("  rollback %d     diverged at update %d (%s); restored "
+                     "update %d" % (r["rollback"], r["diverged_at_update"],
+                                    r["reason"], r["restored_update"]))
     for name, path in sorted(s["plots"].items()):
         lines.append("  plot %-24s %s" % (name, path))
     lines.append("  run directory  %s" % s["run_dir"])
@@ -153,6 +157,7 @@ def build_summary(config, run_dir, outcome, program_start,
                            if target_accuracy else None),
         "eval_history": outcome["eval_history"],
         "checkpoint": outcome["checkpoint"],
+        "rollbacks": outcome.get("rollbacks", []),
         "tensorboard_dir": os.path.join(run_dir, "tensorboard"),
         "pushes": None, "dropped": None, "wasted_share": None,
         "per_worker": None, "arrival": None, "pauses": None,

@@ -38,6 +38,7 @@ import tensorflow as tf  # noqa: E402
 
 from models import datasets, imagenet, recipes, registry, report  # noqa: E402
 from models import trainer  # noqa: E402
+from ps_sync import checkpointing  # noqa: E402
 from models.trainer import say  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -86,6 +87,19 @@ flags.DEFINE_integer("steps_per_execution", 1,
 flags.DEFINE_float("progress_every_s", 5.0, "seconds between progress lines")
 flags.DEFINE_float("target_accuracy", None,
                    "precision@1 to mark on the plot and report as reached")
+flags.DEFINE_integer("max_rollbacks", 3,
+                     "divergences rolled back to the last good checkpoint "
+                     "(with a fresh data order) before the run gives up")
+flags.DEFINE_float("divergence_factor", 3.0,
+                   "an interval's training loss this many times its running "
+                   "minimum counts towards a divergence (a non-finite loss "
+                   "is one at once)")
+flags.DEFINE_integer("divergence_patience", 2,
+                     "intervals in a row above the factor that make a "
+                     "divergence")
+flags.DEFINE_integer("inject_divergence_at_update", None,
+                     "fault injection: set the weights to NaN once, at the "
+                     "first interval end at or past this update")
 flags.DEFINE_string("run_dir", None, "run directory (default: "
                     "$PS_SYNC_RUN_DIR, else runs/train-<time>-<pid>)")
 flags.DEFINE_integer("seed", 0, "input order seed (each worker derives its "
@@ -177,6 +191,14 @@ def resolve_config(num_workers):
     recipe = _recipe()
     if recipe.batch_size < 1:
         raise app.UsageError("--batch_size must be positive")
+    if FLAGS.max_rollbacks < 0:
+        raise app.UsageError("--max_rollbacks must be 0 or more, got %d"
+                             % FLAGS.max_rollbacks)
+    if FLAGS.divergence_factor <= 1 or FLAGS.divergence_patience < 1:
+        raise app.UsageError(
+            "--divergence_factor must be above 1 and --divergence_patience at "
+            "least 1, got %g and %d" % (FLAGS.divergence_factor,
+                                        FLAGS.divergence_patience))
     per_update = recipes.examples_per_update(recipe.batch_size, n, sync)
     updates_per_epoch = num_train / per_update
     if FLAGS.train_updates is not None:
@@ -199,7 +221,11 @@ def resolve_config(num_workers):
         checkpoint_every_updates=max(0, recipe.checkpoint_every_updates),
         eval_batch_size=FLAGS.eval_batch_size,
         steps_per_execution=FLAGS.steps_per_execution,
-        progress_every_s=FLAGS.progress_every_s, seed=FLAGS.seed)
+        progress_every_s=FLAGS.progress_every_s, seed=FLAGS.seed,
+        max_rollbacks=FLAGS.max_rollbacks,
+        divergence_factor=FLAGS.divergence_factor,
+        divergence_patience=FLAGS.divergence_patience,
+        inject_divergence_at_update=FLAGS.inject_divergence_at_update)
 
 
 def resolve_run_dir():
@@ -276,6 +302,10 @@ def run():
             # One paragraph, as the launcher does; --helpshort lists flags.
             sys.stderr.write("models.train: error: %s\nRun with --helpshort "
                              "for the flags.\n" % e)
+            _exit(2)
+        except checkpointing.CheckpointRestoreError as e:
+            sys.stderr.write("models.train: error: %s\nUse another "
+                             "--run_dir, or move its checkpoints/ away.\n" % e)
             _exit(2)
         except BaseException:  # pylint: disable=broad-except
             traceback.print_exc()

@@ -15,6 +15,7 @@ next eager op can wait for their remote deletion on a worker the launcher
 keeps pausing (seen: 5 to 30 s).
 """
 import dataclasses
+import json
 import math
 import os
 import time
@@ -23,10 +24,13 @@ from ps_sync import keras_env  # noqa: F401
 
 import tensorflow as tf
 
-from models import datasets, evaluation, progress, recipes, registry
-from models import scalar_log
+from models import datasets, divergence, evaluation, progress, recipes
+from models import registry, scalar_log
 from ps_sync import checkpointing
 from ps_sync.optimizer import SyncReplicasWithBackups
+
+
+ROLLBACKS_FILE = "rollbacks.jsonl"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +56,10 @@ class Config:
     steps_per_execution: int = 1
     progress_every_s: float = 5.0
     seed: int = 0
+    max_rollbacks: int = 3
+    divergence_factor: float = 3.0
+    divergence_patience: int = 2
+    inject_divergence_at_update: int = None  # fault injection (tests, chaos)
 
     @property
     def backup_workers(self):
@@ -94,8 +102,9 @@ class _Run:
     """The state of one chief's training: evaluation, logs, the clock."""
 
     def __init__(self, config, model, optimizer, evaluator, writer,
-                 time_offset):
+                 time_offset, run_dir):
         self.config = config
+        self.run_dir = run_dir
         self.model = model
         self.optimizer = optimizer
         self.evaluator = evaluator
@@ -106,6 +115,15 @@ class _Run:
         self.train_time = 0.0
         self.final = None
         self.sync_stats = None
+        self.monitor_divergence = divergence.DivergenceMonitor(
+            config.divergence_factor, config.divergence_patience)
+        self.diverged = None      # the Verdict that stopped this fit
+        self.rollbacks = []       # events, earlier chiefs' included
+        self.good = None          # CheckpointManager of the last good weights
+
+    def rollback_pending(self):
+        return (self.diverged is not None
+                and len(self.rollbacks) < self.config.max_rollbacks)
 
     def clock(self):
         return self.time_offset + (time.time() - self.fit_start)
@@ -151,16 +169,70 @@ class _IntervalCallback(tf.keras.callbacks.Callback):
         self.run = run
 
     def on_epoch_end(self, epoch, logs=None):
-        updates = self.run.updates()
-        self.run.writer.scalars(
+        run = self.run
+        updates = run.updates()
+        run.writer.scalars(
             {"train/" + k: v for k, v in (logs or {}).items()}, updates)
-        if updates >= self.run.config.target_updates:
+        verdict = run.monitor_divergence.observe((logs or {}).get("loss"))
+        if verdict.diverged:
+            say("divergence at update %d: %s" % (updates, verdict.reason))
+            run.diverged = verdict
+            self.model.stop_training = True
+            return
+        if verdict.healthy:
+            run.good.save(checkpoint_number=updates)
+        _maybe_inject_divergence(run, updates)
+        if updates >= run.config.target_updates:
             self.model.stop_training = True  # on_train_end evaluates
         else:
-            self.run.evaluate(updates, self.run.clock())
+            run.evaluate(updates, run.clock())
 
     def on_train_end(self, logs=None):
-        self.run.finish()
+        if not self.run.rollback_pending():
+            self.run.finish()
+
+
+def _maybe_inject_divergence(run, updates):
+    """Fault injection: once per run directory, poison the weights (NaN), as
+    a numerical blow-up would."""
+    at = run.config.inject_divergence_at_update
+    marker = os.path.join(run.run_dir, "divergence_injected")
+    if at is None or updates < at or os.path.exists(marker):
+        return
+    open(marker, "w").close()
+    for v in run.model.trainable_variables:
+        v.assign(v * float("nan"))
+    say("injected a divergence at update %d (weights set to NaN)" % updates)
+
+
+def _read_rollbacks(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _roll_back(run, checkpointer, checkpoint):
+    """Restore the last good weights and save them as the latest
+    checkpoint (a restarted chief must not restore the diverged ones)."""
+    path = run.good.latest_checkpoint
+    diverged_at = run.updates()
+    checkpoint.restore(path).assert_existing_objects_matched()
+    restored = run.updates()
+    checkpointer.save()
+    event = {"time": time.time(), "diverged_at_update": diverged_at,
+             "reason": run.diverged.reason, "restored": path,
+             "restored_update": restored,
+             "rollback": len(run.rollbacks) + 1}
+    run.rollbacks.append(event)
+    with open(os.path.join(run.run_dir, ROLLBACKS_FILE), "a") as f:
+        f.write(json.dumps(event) + "\n")
+    run.diverged = None
+    run.monitor_divergence.reset_streak()
+    say("rolled back to %s (update %d) after a divergence at update %d; "
+        "rollback %d of at most %d, with a fresh data order"
+        % (path, restored, diverged_at, event["rollback"],
+           run.config.max_rollbacks))
 
 
 def _steps_per_interval(config, remaining):
@@ -173,6 +245,40 @@ def _steps_per_interval(config, remaining):
     return steps, max_intervals
 
 
+def _fit(config, run, checkpointer):
+    """One `model.fit` from the current update until the target, a
+    divergence or the end of its interval budget."""
+    start = run.updates()
+    remaining = config.target_updates - start
+    steps, max_intervals = _steps_per_interval(config, remaining)
+    # A restarted chief or a rollback must not replay an earlier input order.
+    dataset_fn = datasets.per_worker_dataset_fn(
+        config.dataset, config.recipe.batch_size,
+        seed=config.seed + 1000003 * start + 7919 * len(run.rollbacks),
+        data_dir=config.data_dir, image_size=config.image_size)
+    run.monitor = progress.ProgressMonitor(
+        run.optimizer, config.target_updates, config.progress_every_s,
+        run.writer, printer=say)
+    say("training %s on %s: %s, %d updates to go (of %d), %d worker "
+        "steps per interval" % (config.model, config.dataset,
+                                config.mode_text(), remaining,
+                                config.target_updates, steps))
+    # The checkpoint callback's final save comes before the final
+    # evaluation (both in on_train_end); none after a divergence.
+    callbacks = [checkpointing.UpdateCheckpointCallback(
+                     checkpointer, final_save=lambda: run.diverged is None),
+                 _IntervalCallback(run)]
+    if run.fit_start is None:
+        run.fit_start = time.time()
+    run.monitor.start()
+    try:
+        run.model.fit(tf.keras.utils.experimental.DatasetCreator(dataset_fn),
+                      epochs=max_intervals, steps_per_epoch=steps,
+                      callbacks=callbacks, verbose=0)
+    finally:
+        run.monitor.stop()
+
+
 def train(config, strategy, run_dir):
     """Train to the target; returns what the summary needs."""
     model, optimizer, checkpoint = build(config, strategy, run_dir)
@@ -183,7 +289,7 @@ def train(config, strategy, run_dir):
     start_update = int(optimizer.iterations.numpy())
     if restored is not None:
         say("restored %s: continuing from update %d"
-            % (checkpointer.manager.latest_checkpoint, start_update))
+            % (checkpointer.restored, start_update))
     evaluator = evaluation.ChiefEvaluator(
         config.model, config.num_classes, config.input_shape,
         datasets.eval_dataset(config.dataset, config.eval_batch_size,
@@ -193,41 +299,31 @@ def train(config, strategy, run_dir):
                   default=0.0) if restored is not None else 0.0)
     run = _Run(config, model, optimizer, evaluator,
                scalar_log.ScalarLog(os.path.join(run_dir, "tensorboard")),
-               offset)
-    remaining = config.target_updates - start_update
+               offset, run_dir)
+    run.rollbacks = _read_rollbacks(os.path.join(run_dir, ROLLBACKS_FILE))
+    run.good = tf.train.CheckpointManager(
+        checkpoint, os.path.join(run_dir, "checkpoints", "good"),
+        max_to_keep=1, step_counter=optimizer.iterations)
+    run.good.save(checkpoint_number=start_update)  # what a rollback reaches
     if start_update == 0:
         run.evaluate(0, 0.0)
-    if remaining <= 0:
+    if start_update >= config.target_updates:
         say("nothing to train: update %d already reaches the target %d"
             % (start_update, config.target_updates))
         run.finish()
-    else:
-        steps, max_intervals = _steps_per_interval(config, remaining)
-        # A restarted chief must not replay the first run's input order.
-        dataset_fn = datasets.per_worker_dataset_fn(
-            config.dataset, config.recipe.batch_size,
-            seed=config.seed + 1000003 * start_update,
-            data_dir=config.data_dir, image_size=config.image_size)
-        run.monitor = progress.ProgressMonitor(
-            optimizer, config.target_updates, config.progress_every_s,
-            run.writer, printer=say)
-        say("training %s on %s: %s, %d updates to go (of %d), %d worker "
-            "steps per interval" % (config.model, config.dataset,
-                                    config.mode_text(), remaining,
-                                    config.target_updates, steps))
-        # The checkpoint callback's final save comes before the final
-        # evaluation (both in on_train_end).
-        callbacks = [checkpointing.UpdateCheckpointCallback(checkpointer),
-                     _IntervalCallback(run)]
-        run.fit_start = time.time()
-        run.monitor.start()
-        try:
-            model.fit(tf.keras.utils.experimental.DatasetCreator(dataset_fn),
-                      epochs=max_intervals, steps_per_epoch=steps,
-                      callbacks=callbacks, verbose=0)
-        finally:
-            run.monitor.stop()
+    while run.updates() < config.target_updates:
+        _fit(config, run, checkpointer)
+        if run.diverged is None:
+            break
+        if not run.rollback_pending():
+            say("diverged again with the %d rollbacks used up: stopping"
+                % config.max_rollbacks)
+            run.diverged = None
+            run.finish()
+            break
+        _roll_back(run, checkpointer, checkpoint)
     return {"start_update": start_update, "updates": run.final["update"],
+            "rollbacks": run.rollbacks,
             "train_time_s": run.train_time, "eval_history": evaluator.history,
             "final_eval": run.final,
             "checkpoint": checkpointer.manager.latest_checkpoint,

@@ -9,6 +9,14 @@ applied and none starts). Workers keep computing and steps keep filling up to
 their quorum meanwhile; the held steps close as soon as the hold is let go.
 A checkpoint therefore never holds half an update (invariant 6 of
 DESIGN.md); the protocol's apply seqlock double-checks it.
+
+Saves come exactly every K updates: while the checkpointer runs, the update
+that makes a multiple of K sets the hold itself (on the protocol PS), so no
+update K+1 is applied before update K is saved, and a crash loses at most K
+updates. A crash during a save leaves the previous checkpoint as the latest
+(TensorFlow renames complete files into place and writes the `checkpoint`
+index last); a latest checkpoint that cannot be read anyway is skipped for
+the one before it.
 """
 import threading
 
@@ -18,6 +26,10 @@ import tensorflow as tf
 
 class InconsistentCheckpointError(RuntimeError):
     pass
+
+
+class CheckpointRestoreError(RuntimeError):
+    """Checkpoints exist but none can be restored."""
 
 
 class UpdateCheckpointer:
@@ -32,7 +44,7 @@ class UpdateCheckpointer:
     """
 
     def __init__(self, checkpoint, directory, optimizer, every_n_updates,
-                 max_to_keep=5, poll_interval_s=0.25):
+                 max_to_keep=5, poll_interval_s=0.05):
         self.manager = tf.train.CheckpointManager(
             checkpoint, directory, max_to_keep=max_to_keep,
             step_counter=optimizer.iterations)
@@ -43,25 +55,51 @@ class UpdateCheckpointer:
         self._stop = threading.Event()
         self._thread = None
         self.saves = []           # (update, path)
+        self.restored = None      # path restored by restore_latest
+        self._holding = False     # the protocol holds every K updates
+        self.unreadable = []      # checkpoints restore_latest had to skip
+
+    def _protocol(self):
+        return getattr(self._optimizer, "protocol", None)
 
     def restore_latest(self):
-        """Restore the newest checkpoint; returns its update count or None."""
-        path = self.manager.latest_checkpoint
-        if path is None:
-            return None
-        self.manager.checkpoint.restore(path)
-        step = int(self._optimizer.iterations.numpy())
-        self._last_saved = step
-        logging.info("ps_sync: restored %s at update %d", path, step)
-        return step
+        """Restore the newest readable checkpoint; returns its update count,
+        or None if there is none."""
+        errors = []
+        for path in reversed(self.manager.checkpoints):
+            try:
+                status = self.manager.checkpoint.restore(path)
+                status.assert_existing_objects_matched()
+            except Exception as e:  # pylint: disable=broad-except
+                # Damaged files fail in many ways (IndexError, DataLossError,
+                # NotFoundError, ...): try the checkpoint before it.
+                logging.error("ps_sync: cannot restore %s (%s: %s); trying "
+                              "the checkpoint before it", path,
+                              type(e).__name__, e)
+                self.unreadable.append(path)
+                errors.append("%s: %s: %s" % (path, type(e).__name__, e))
+                continue
+            step = int(self._optimizer.iterations.numpy())
+            self._last_saved = step
+            self.restored = path
+            logging.info("ps_sync: restored %s at update %d", path, step)
+            return step
+        if errors:
+            # Never start over silently on top of checkpoints that exist.
+            raise CheckpointRestoreError(
+                "none of the %d checkpoints in %s can be restored into this "
+                "model (was it changed?):\n  %s" % (
+                    len(errors), self.manager.directory,
+                    "\n  ".join(e[:500] for e in errors)))
+        return None
 
     def _sequence(self):
-        protocol = getattr(self._optimizer, "protocol", None)
+        protocol = self._protocol()
         return protocol.apply_sequence() if protocol is not None else 0
 
     def save(self):
         """Save now, with every step close held for the duration."""
-        protocol = getattr(self._optimizer, "protocol", None)
+        protocol = self._protocol()
         if protocol is not None:
             protocol.set_hold(True)
         try:
@@ -84,15 +122,28 @@ class UpdateCheckpointer:
     def maybe_save(self):
         if self._every <= 0:
             return None
+        protocol = self._protocol()
+        if protocol is not None and not self._holding:
+            # The protocol is built when the first step is traced.
+            protocol.set_hold_every(self._every)
+            self._holding = True
+        # Read before the step: once held, the step cannot move.
+        held = protocol is not None and protocol.held()
         step = int(self._optimizer.iterations.numpy())
         last = self._last_saved if self._last_saved is not None else 0
-        if step - last >= self._every:
+        if step != last and (step - last >= self._every
+                             or step % self._every == 0):
             return self.save()
+        if held:
+            # Held at a step already saved: nothing to write.
+            protocol.set_hold(False)
+            protocol.close_if_closable()
         return None
 
     def start(self):
         """Save in a background thread while training runs."""
         self._stop.clear()
+        self._holding = False
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name="ps_sync-checkpointer")
         self._thread.start()
@@ -103,6 +154,13 @@ class UpdateCheckpointer:
         if self._thread is not None:
             self._thread.join(timeout=60)
             self._thread = None
+        protocol = self._protocol()
+        if protocol is not None and self._holding:
+            protocol.set_hold_every(0)
+            self._holding = False
+            # A close may have set the hold meanwhile: nobody saves now.
+            protocol.set_hold(False)
+            protocol.close_if_closable()
 
     def _run(self):
         while not self._stop.wait(self._poll_interval_s):
@@ -117,13 +175,17 @@ class UpdateCheckpointCallback(tf.keras.callbacks.Callback):
     final save at the end (batch-level callbacks are refused under
     ParameterServerStrategy, so this one uses only train begin/end)."""
 
-    def __init__(self, checkpointer):
+    def __init__(self, checkpointer, final_save=None):
         super().__init__()
         self.checkpointer = checkpointer
+        # A callable deciding whether to save at the end (e.g. not weights
+        # that diverged); default: always.
+        self.final_save = final_save
 
     def on_train_begin(self, logs=None):
         self.checkpointer.start()
 
     def on_train_end(self, logs=None):
         self.checkpointer.stop()
-        self.checkpointer.save()
+        if self.final_save is None or self.final_save():
+            self.checkpointer.save()

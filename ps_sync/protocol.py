@@ -60,6 +60,16 @@ def _f64(x):
     return tf.cast(x, tf.float64)
 
 
+def _waits(outcome):
+    """Pushes whose worker then waits for the open step to close: admitted
+    ones that did not close it, and duplicates. A duplicate comes from a
+    worker woken without its step closing (a wake-up token left behind by a
+    waiter that died, or a release); without waiting it would compute
+    gradient after gradient on a version it already contributed to."""
+    return tf.logical_or(tf.equal(outcome, ADMITTED),
+                         tf.equal(outcome, DROPPED_DUPLICATE))
+
+
 class SyncProtocol(tf.Module):
     """Protocol state on the parameter servers and the graph of one push.
 
@@ -111,6 +121,9 @@ class SyncProtocol(tf.Module):
                 # Set (inside the critical section) while the coordinator
                 # writes a checkpoint: steps fill up but do not close.
                 self.hold = var(tf.constant(0, tf.int32), "hold")
+                # K > 0: the close that makes a multiple of K also sets the
+                # hold, so the coordinator saves exactly every K updates.
+                self.hold_every = var(tf.constant(0, tf.int64), "hold_every")
                 self.fail_message = var(tf.constant(""), "fail_message")
                 self.outcomes = var(tf.zeros([n, NUM_PUSH_OUTCOMES], tf.int64),
                                     "outcomes")
@@ -227,6 +240,11 @@ class SyncProtocol(tf.Module):
                       for acc in self.accumulators]
             resets += [self.count.assign(0),
                        self.admitted.assign(tf.zeros_like(self.admitted))]
+            every = self.hold_every.read_value()
+            resets.append(self.hold.assign(tf.where(
+                tf.logical_and(every > 0,
+                               tf.equal(new_step % tf.maximum(every, 1), 0)),
+                1, self.hold.read_value())))
         # Written last: a tag equal to it promises a complete version.
         with tf.control_dependencies(resets):
             published = self.published.assign(new_step, read_value=True)
@@ -292,7 +310,7 @@ class SyncProtocol(tf.Module):
             admitted_rank=rank, quorum=quorum))
         # A worker that waits for the step to close takes its tag after the
         # wait; every other one takes it now.
-        waits = tf.equal(outcome, ADMITTED)
+        waits = _waits(outcome)
         retagged = self._retag(worker, keep=waits)
         marked = self.waiting.scatter_nd_update([[worker]],
                                                 [tf.cast(waits, tf.int32)])
@@ -358,7 +376,9 @@ class SyncProtocol(tf.Module):
                 exclusive_resource_access=False)
         # An admitted worker that did not close the step would only compute a
         # gradient certain to be dropped: wait for the new version instead.
-        waited = tf.cond(tf.equal(outcome, ADMITTED),
+        # (A worker that dies waiting leaves its wake-up token to another
+        # waiter, which wakes early, pushes a duplicate and waits again.)
+        waited = tf.cond(_waits(outcome),
                          lambda: self._wait_for_close(worker),
                          lambda: tf.constant(-1))
         with tf.device(self._device):
@@ -446,6 +466,14 @@ class SyncProtocol(tf.Module):
                                   exclusive_resource_access=False)
             self._set_hold_fn = set_hold_fn
         self._set_hold_fn(tf.constant(1 if on else 0, tf.int32))
+
+    def set_hold_every(self, every_n_updates):
+        """Hold every step close after each multiple of `every_n_updates`
+        applied updates (0: never), until `set_hold(False)`."""
+        self.hold_every.assign(max(0, int(every_n_updates)))
+
+    def held(self):
+        return bool(self.hold.numpy())
 
     def fail(self, message):
         self.fail_message.assign(message)

@@ -80,6 +80,27 @@ def probe_loss(y_true, y_pred):
     return tf.reduce_mean(y_pred)
 
 
+def decode_any_quorum(model):
+    """Like `decode` for runs whose quorum may change per step (degraded
+    steps): row k must hold -1/q at exactly q workers, the same at every
+    marks matrix. Returns (steps, rows)."""
+    steps = int(model.t.numpy())
+    marks = [np.asarray(tf.convert_to_tensor(m)) for m in model.marks]
+    for other in marks[1:]:
+        assert np.allclose(other, marks[0]), "shards saw different pushes"
+    rows = []
+    for k in range(steps):
+        row = -marks[0][k]
+        workers = np.nonzero(np.abs(row) > 1e-6)[0]
+        assert len(workers) >= 1, "row %d is empty: %s" % (k, row)
+        assert np.allclose(row[workers], 1.0 / len(workers)), (
+            "row %d is not one mean of distinct fresh pushes: %s" % (k, row))
+        rows.append([int(w) for w in workers])
+    assert not np.abs(marks[0][steps:]).max(initial=0) > 1e-6, (
+        "marks beyond the applied updates")
+    return steps, rows
+
+
 def decode(model, replicas_to_aggregate):
     """Check the marks; returns (steps, rows) with rows[k] the contributing
     workers of update k. Raises AssertionError on any violation."""

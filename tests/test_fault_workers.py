@@ -1,0 +1,262 @@
+"""Workers killed at random moments, on real processes (issue 6, items 1, 2
+and 6): a LocalCluster of server processes, the coordinator in a fresh
+interpreter, the probe model decoding every applied update.
+
+The moments are random: the seed is printed in every assertion message and
+PS_SYNC_FAULT_SEED=<seed> replays it.
+"""
+import os
+import random
+
+import pytest
+
+from ps_sync.testing import fresh_interpreter
+
+HERE = __name__
+
+
+def _seed():
+    env = os.environ.get("PS_SYNC_FAULT_SEED")
+    return int(env) if env else random.SystemRandom().randrange(1 << 30)
+
+
+class _ProbeRun:
+    """Probe model, SyncReplicasWithBackups and a coordinator over a real
+    multi-process cluster (in the child interpreter)."""
+
+    def __init__(self, run_dir, workers, replicas, quorum_policy=None,
+                 delay_s=0.01):
+        from ps_sync.local_cluster import LocalCluster
+        self.cluster = LocalCluster(num_workers=workers, num_ps=1,
+                                    run_dir=run_dir, echo=False)
+        self.cluster.start()
+        os.environ.update(self.cluster.coordinator_env())
+        import tensorflow as tf
+        from ps_sync.optimizer import SyncReplicasWithBackups
+        from tests import probe
+        self.tf, self.probe = tf, probe
+        self.replicas = replicas
+        self.strategy = tf.distribute.experimental.ParameterServerStrategy(
+            self.cluster.cluster_resolver())
+        self.coordinator = tf.distribute.coordinator.ClusterCoordinator(
+            self.strategy)
+        with self.strategy.scope():
+            self.model = probe.ProbeModel(workers, max_steps=1024)
+            self.model.build([None, 1])
+            self.opt = SyncReplicasWithBackups(
+                tf.keras.optimizers.SGD(probe.LR), replicas, workers,
+                quorum_policy=quorum_policy,
+                telemetry_dir=os.path.join(run_dir, "telemetry"))
+        # A small delay per step, so that a kill lands inside steps.
+        dataset = self.coordinator.create_per_worker_dataset(
+            probe.delayed_dataset_fn([delay_s] * workers, workers))
+        self.iterator = iter(dataset)
+        self.step_fn = probe.train_step_fn(self.strategy, self.model,
+                                           self.opt)
+
+    def run(self, closures):
+        for _ in range(closures):
+            self.coordinator.schedule(self.step_fn, args=(self.iterator,))
+        self.coordinator.join()
+
+    def iterations(self):
+        return int(self.opt.iterations.numpy())
+
+    def records(self):
+        self.opt.telemetry.drain()
+        return list(self.opt.telemetry.pushes), list(self.opt.telemetry.steps)
+
+    def finish(self):
+        """Decoded rows and telemetry, checked against each other."""
+        steps, rows = self.probe.decode_any_quorum(self.model)
+        protocol = self.opt.protocol
+        result = {"steps": steps, "rows": rows,
+                  "iterations": self.iterations(),
+                  "apply_seq": protocol.apply_sequence(),
+                  "stats": self.opt.sync_stats()}
+        self.opt.close()
+        result["pushes"], result["step_records"] = self.records()
+        return result
+
+
+def _kill_worker_then_restart(run_dir, seed):
+    import threading
+    import time
+    rng = random.Random(seed)
+    run = _ProbeRun(run_dir, workers=3, replicas=2)
+    run.run(12)  # traced and warm
+    killed = []
+
+    def kill():
+        run.cluster.kill("worker-2")  # returns once the process is gone
+        killed.append(time.time())
+
+    killer = threading.Timer(rng.uniform(0.05, 0.5), kill)
+    killer.start()
+    run.run(60)  # the kill lands somewhere in here
+    killer.join()
+    kill_time = killed[0]
+    down_from = run.iterations()
+    run.run(40)  # worker-2 is down for all of these
+    down_to = run.iterations()
+    restart_time = time.time()
+    run.cluster.restart("worker-2")
+    rejoined = None
+    deadline = time.monotonic() + 150
+    while rejoined is None and time.monotonic() < deadline:
+        run.run(12)
+        pushes, _ = run.records()
+        rejoined = next((p for p in pushes if p["worker"] == 2
+                         and p["arrived_at"] > restart_time
+                         and p["outcome"].startswith("admitted")), None)
+    result = run.finish()
+    result.update(kill_time=kill_time, down_from=down_from, down_to=down_to,
+                  restart_time=restart_time, rejoined=rejoined)
+    run.cluster.stop()
+    return result
+
+
+def _check_whole_updates(r, replicas, msg):
+    """Every applied update is one mean of fresh pushes of distinct workers,
+    one per step, as the telemetry recorded it."""
+    assert r["steps"] == r["iterations"], msg
+    assert r["apply_seq"] % 2 == 0 and r["apply_seq"] == 2 * r["steps"], msg
+    records = r["step_records"]
+    recorded = [s["step"] for s in records]
+    assert recorded == list(range(r["steps"])), (msg, recorded)
+    assert [sorted(s["admitted"]) for s in records] == r["rows"], msg
+    assert all(len(row) == replicas for row in r["rows"]
+               if replicas is not None), msg
+
+
+@pytest.mark.timeout(400)
+def test_killed_worker_is_not_waited_for_and_rejoins_after_restart(tmp_path):
+    seed = _seed()
+    msg = "PS_SYNC_FAULT_SEED=%d" % seed
+    r = fresh_interpreter.run(
+        HERE + ":_kill_worker_then_restart",
+        dict(run_dir=str(tmp_path), seed=seed), timeout=360)
+    _check_whole_updates(r, 2, msg)
+    # While worker-2 was down (40 closures), updates kept being applied, one
+    # per 2 pushes of workers 0 and 1, without waiting for it.
+    assert r["down_to"] - r["down_from"] >= 15, msg
+    down_rows = r["rows"][r["down_from"]:r["down_to"]]
+    assert all(row == [0, 1] for row in down_rows), msg
+    assert not [p for p in r["pushes"] if p["worker"] == 2
+                and r["kill_time"] < p["arrived_at"] < r["restart_time"]], msg
+    # Restarted, it rejoined and was admitted to a step that was applied.
+    assert r["rejoined"] is not None, msg
+    applied = {s["step"]: s for s in r["step_records"]}
+    assert 2 in applied[r["rejoined"]["step"]]["admitted"], msg
+
+
+def _kill_admitted_waiter(run_dir, seed):
+    """b = 0 (N = 3 of 3): worker-2 is killed while admitted and waiting for
+    its step to close; the next steps cannot reach N and the degrade policy
+    closes them with 2."""
+    import time
+    from ps_sync import quorum
+    rng = random.Random(seed)
+    run = _ProbeRun(run_dir, workers=3, replicas=3,
+                    quorum_policy=quorum.TimeoutThenDegrade(2, 1.0))
+    run.run(9)
+    # Worker-2 waits for its step whenever it is not the last of the three.
+    skip = rng.randrange(4)
+    import threading
+    done = threading.Event()
+    killed = {}
+
+    def kill_when_waiting():
+        seen = 0
+        was_waiting = False
+        while not done.is_set():
+            waiting = bool(run.opt.protocol.waiting.numpy()[2])
+            if waiting and not was_waiting:
+                if seen == skip:
+                    run.cluster.kill("worker-2")  # returns once it is gone
+                    killed.update(time=time.time(), step=run.iterations())
+                    return
+                seen += 1
+            was_waiting = waiting
+            time.sleep(0.002)
+
+    killer = threading.Thread(target=kill_when_waiting)
+    killer.start()
+    deadline = time.monotonic() + 120
+    while not killed and time.monotonic() < deadline:
+        run.run(6)
+    done.set()
+    killer.join()
+    assert killed, "worker-2 was never seen waiting"
+    run.run(16)  # steps without worker-2: each closes degraded with 2
+    result = run.finish()
+    result["killed"] = killed
+    run.cluster.stop()
+    return result
+
+
+@pytest.mark.timeout(400)
+def test_worker_killed_while_admitted_leaves_no_half_update(tmp_path):
+    seed = _seed()
+    msg = "PS_SYNC_FAULT_SEED=%d" % seed
+    r = fresh_interpreter.run(
+        HERE + ":_kill_admitted_waiter",
+        dict(run_dir=str(tmp_path), seed=seed), timeout=360)
+    _check_whole_updates(r, None, msg)
+    rows = r["rows"]
+    msg += " rows=%s killed=%s" % (rows, r["killed"])
+    # Every gradient worker-2 had admitted (the last one while it waited)
+    # is in the update of its step, which closed whole: nothing lost,
+    # nothing half-applied.
+    mine = [p for p in r["pushes"] if p["worker"] == 2
+            and p["outcome"].startswith("admitted")]
+    assert mine and all(2 in rows[p["step"]] for p in mine), msg
+    assert all(p["arrived_at"] < r["killed"]["time"] for p in mine), msg
+    last = max(p["step"] for p in mine)
+    # Later steps cannot reach N = 3; the policy closed them with 2, logged.
+    later = rows[last + 1:]
+    assert len(later) >= 4, msg
+    assert all(row == [0, 1] for row in later), msg
+    records = r["step_records"][last + 1:]
+    assert all(s["degraded"] and s["quorum"] == 2 for s in records), msg
+    degraded = [step for step, _ in r["stats"]["degraded_steps"]]
+    assert degraded[-len(records):] == [s["step"] for s in records], msg
+
+
+def _kill_more_than_b(run_dir, seed):
+    """N = 2 of 3 with a fail policy: two workers die, the quorum can never
+    be reached, and the run stops with an error naming them."""
+    import time
+    from ps_sync import quorum
+    rng = random.Random(seed)
+    run = _ProbeRun(run_dir, workers=3, replicas=2,
+                    quorum_policy=quorum.TimeoutThenFail(2.0))
+    run.run(9)
+    time.sleep(rng.uniform(0, 0.05))
+    run.cluster.kill("worker-1")
+    run.cluster.kill("worker-2")
+    start = time.monotonic()
+    try:
+        run.run(20)
+        error = None
+    except Exception as e:  # pylint: disable=broad-except
+        error = "%s: %s" % (type(e).__name__, e)
+    waited = time.monotonic() - start
+    steps, rows = run.probe.decode_any_quorum(run.model)
+    run.cluster.stop()
+    return {"error": error, "waited_s": waited, "steps": steps, "rows": rows}
+
+
+@pytest.mark.timeout(400)
+def test_more_than_b_workers_gone_fails_naming_them(tmp_path):
+    seed = _seed()
+    msg = "PS_SYNC_FAULT_SEED=%d" % seed
+    r = fresh_interpreter.run(
+        HERE + ":_kill_more_than_b",
+        dict(run_dir=str(tmp_path), seed=seed), timeout=360)
+    assert r["error"] is not None, msg
+    assert "quorum_timeout_s=2" in r["error"], (msg, r["error"])
+    assert ("workers that have not contributed: worker-1, worker-2"
+            in r["error"]), (msg, r["error"])
+    # No update with fewer than N was applied on the way.
+    assert all(len(row) == 2 for row in r["rows"]), msg
