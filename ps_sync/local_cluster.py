@@ -134,7 +134,7 @@ class LocalCluster:
                  addresses=None, host="127.0.0.1", run_dir=None, env=None,
                  task_env=None, grpc_options=None, echo=True,
                  startup_timeout=120.0, stop_grace=5.0, handle_signals=False,
-                 cwd=None):
+                 cwd=None, task_prefix=None):
         """
         Args:
           num_workers, num_ps: sizes of the server jobs.
@@ -149,6 +149,9 @@ class LocalCluster:
           echo: stream prefixed task output to stdout (or a file object).
           handle_signals: on SIGTERM/SIGINT/SIGHUP raise `Interrupted` in the
             main thread so the cluster is torn down (for entry points).
+          task_prefix: {task name: argv prefix} run before that task's
+            command, e.g. `ip netns exec <ns>` (ps_sync.testing.netns); the
+            prefix must exec the command (same process).
         """
         addresses = dict(addresses or {})
         sizes = {"ps": num_ps, "worker": num_workers,
@@ -182,6 +185,7 @@ class LocalCluster:
         self.stop_grace = stop_grace
         self.handle_signals = handle_signals
         self.cwd = cwd or os.getcwd()
+        self.task_prefix = dict(task_prefix or {})
         self._lock = threading.Lock()
         self._events = None  # events.jsonl, opened by start()
         self._saved_handlers = {}
@@ -420,7 +424,8 @@ class LocalCluster:
         log = open(os.path.join(self.run_dir, task.name + ".log"), "ab")
         try:
             task.proc = subprocess.Popen(
-                task.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                self.task_prefix.get(task.name, []) + task.argv,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, env=env, cwd=self.cwd,
                 start_new_session=True)  # own group: killed whole, no orphans
         except OSError as e:

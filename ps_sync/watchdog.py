@@ -11,7 +11,10 @@ open for later closures; it does the same for any wait longer than
 only costs efficiency.
 
 Quorum policy. The open step's clock runs only while closures are pending (an
-idle coordinator is not a slow cluster). The policy may lower the step's
+idle coordinator is not a slow cluster). Whatever the policy, a step open for
+`stall_warning_s` is logged, naming the workers it waits for, and again
+every `stall_warning_s`: a fixed quorum with more than b workers gone waits,
+but never silently. The policy may lower the step's
 quorum (the next push then closes it, a degraded step) or fail the run: the
 protocol PS is flagged, so every closure raises, and the coordinator's queue
 is failed too, so `join()` raises even when no worker is left to run one.
@@ -55,10 +58,25 @@ def _fail_queue(coordinator, error):
                       "closures still raise: %s", error)
 
 
+def stall_message(open_step):
+    missing = [w for w in range(open_step.total_num_replicas)
+               if w not in open_step.admitted]
+    return ("ps_sync: step %d has waited %.0f s for its quorum: %d of %d "
+            "fresh gradients; workers that have not contributed: %s. With "
+            "more than %d of them dead, the fixed quorum waits for them to "
+            "come back (quorum_policy=TimeoutThenDegrade or TimeoutThenFail "
+            "bound the wait)." % (
+                open_step.step, open_step.open_for_s, open_step.count,
+                open_step.replicas_to_aggregate,
+                ", ".join("worker-%d" % w for w in missing) or "none",
+                open_step.total_num_replicas
+                - open_step.replicas_to_aggregate))
+
+
 class StepWatchdog:
 
     def __init__(self, protocol, coordinator, policy=None, interval_s=0.05,
-                 max_wait_s=None):
+                 max_wait_s=None, stall_warning_s=60.0):
         self._protocol = protocol
         self._coordinator = coordinator
         self._policy = policy or quorum_lib.FixedQuorum()
@@ -71,6 +89,9 @@ class StepWatchdog:
         self._step = None
         self._open_since = None
         self._lowered_step = None
+        self._stall_warning_s = stall_warning_s
+        self._warned_at = None
+        self.stall_warnings = 0
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name="ps_sync-step-watchdog")
 
@@ -111,18 +132,25 @@ class StepWatchdog:
             logging.warning("ps_sync: releasing waiters after max_wait_s=%g",
                             self._max_wait_s)
             self.releases += bool(self._protocol.release_waiters())
-        if isinstance(self._policy, quorum_lib.FixedQuorum):
-            return
         now = time.monotonic()
         step, count, admitted = self._protocol.open_step()
         if step != self._step or pending == 0:
             self._step, self._open_since = step, now
+            self._warned_at = now
             return
-        decision = self._policy.decide(quorum_lib.OpenStep(
+        open_step = quorum_lib.OpenStep(
             step=step, count=count, admitted=admitted,
             open_for_s=now - self._open_since,
             replicas_to_aggregate=self._protocol.replicas_to_aggregate,
-            total_num_replicas=self._protocol.total_num_replicas))
+            total_num_replicas=self._protocol.total_num_replicas)
+        if now - self._warned_at >= self._stall_warning_s:
+            # Never a silent hang, whatever the policy.
+            self._warned_at = now
+            self.stall_warnings += 1
+            logging.warning("%s", stall_message(open_step))
+        if isinstance(self._policy, quorum_lib.FixedQuorum):
+            return
+        decision = self._policy.decide(open_step)
         if decision is None:
             return
         if decision.fail:

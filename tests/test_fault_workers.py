@@ -25,10 +25,11 @@ class _ProbeRun:
     multi-process cluster (in the child interpreter)."""
 
     def __init__(self, run_dir, workers, replicas, quorum_policy=None,
-                 delay_s=0.01):
+                 delay_s=0.01, **cluster_kwargs):
         from ps_sync.local_cluster import LocalCluster
         self.cluster = LocalCluster(num_workers=workers, num_ps=1,
-                                    run_dir=run_dir, echo=False)
+                                    run_dir=run_dir, echo=False,
+                                    **cluster_kwargs)
         self.cluster.start()
         os.environ.update(self.cluster.coordinator_env())
         import tensorflow as tf

@@ -112,3 +112,14 @@ def test_max_wait_releases_waiters_but_never_applies_a_short_step():
     # The fixed quorum still holds: every applied update has all 3 workers.
     assert r["degraded"] == []
     assert all(sorted(a) == [0, 1, 2] for a in r["full"])
+
+
+def test_a_stalled_step_is_logged_naming_the_workers_it_waits_for():
+    from ps_sync.quorum import OpenStep
+    from ps_sync.watchdog import stall_message
+    text = stall_message(OpenStep(step=7, count=1, admitted=(0,),
+                                  open_for_s=61.2, replicas_to_aggregate=2,
+                                  total_num_replicas=3))
+    assert text.startswith("ps_sync: step 7 has waited 61 s for its quorum: "
+                           "1 of 2 fresh gradients; workers that have not "
+                           "contributed: worker-1, worker-2. With more than 1")
