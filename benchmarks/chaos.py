@@ -1,12 +1,13 @@
 """Chaos: random tasks killed on a schedule during a digits run.
 
-  python -m benchmarks.chaos [--updates 300] [--fault_every_s 12] [--seed 0]
+  python -m benchmarks.chaos [--updates 600] [--fault_every_s 20] [--seed 0]
 
 Two runs of the same launched job (1 chief, 1 PS, 3 workers, N=2, b=1,
 checkpoints every K updates), one after the other on this machine: one
 fault-free, one where a chaos thread SIGKILLs a random task (a worker, the
 parameter server or the chief, by `--weights`) after each exponentially
-distributed interval, while the launcher restarts what died. Per fault it
+distributed interval until 85% of the updates are applied, while the
+launcher restarts what died. Per fault it
 reports, from the run's own records (launcher events, telemetry, rollback
 of the step counter):
   - updates lost: for a PS or chief kill, the updates the first coordinator
@@ -55,8 +56,10 @@ def _read_jsonl(path):
 class Chaos(threading.Thread):
     """Kills a random task after each exponential interval."""
 
-    def __init__(self, run_dir, rng, every_s, weights, max_faults):
+    def __init__(self, run_dir, rng, every_s, weights, max_faults,
+                 stop_at_update):
         super().__init__(daemon=True)
+        self.stop_at_update = stop_at_update
         self.run_dir, self.rng = run_dir, rng
         self.every_s, self.weights = every_s, weights
         self.max_faults = max_faults
@@ -70,9 +73,17 @@ class Chaos(threading.Thread):
         return starts[-1]["pid"] if starts else None
 
     def _training(self):
-        # Only once the program trains (a checkpoint exists to restart from).
-        return os.path.exists(os.path.join(self.run_dir, "checkpoints",
-                                           "checkpoint"))
+        """Once the program trains (a checkpoint exists to restart from) and
+        until it nears its target (a fault after training measures
+        nothing)."""
+        if not os.path.exists(os.path.join(self.run_dir, "checkpoints",
+                                           "checkpoint")):
+            return False
+        steps = _read_jsonl(os.path.join(self.run_dir, "steps.jsonl"))
+        if steps and steps[-1]["step"] >= self.stop_at_update:
+            self.stop.set()
+            return False
+        return True
 
     def run(self):
         while len(self.faults) < self.max_faults:
@@ -198,9 +209,9 @@ def plot(clean_curve, chaos_curve, faults, path):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--updates", type=int, default=300)
+    parser.add_argument("--updates", type=int, default=600)
     parser.add_argument("--checkpoint_every", type=int, default=20)
-    parser.add_argument("--fault_every_s", type=float, default=12.0)
+    parser.add_argument("--fault_every_s", type=float, default=20.0)
     parser.add_argument("--max_faults", type=int, default=6)
     parser.add_argument("--weights", default="worker=3,ps=1,chief=1",
                         help="relative odds of each role being killed")
@@ -229,7 +240,7 @@ def main(argv=None):
                  % (code, clean_dir))
     chaos_dir = os.path.join(work, "chaos")
     chaos = Chaos(chaos_dir, random.Random(args.seed), args.fault_every_s,
-                  weights, args.max_faults)
+                  weights, args.max_faults, int(0.85 * args.updates))
     code, chaos_wall = launch_run(chaos_dir, args.updates,
                                   args.checkpoint_every, chaos)
     load.append(os.getloadavg()[0])

@@ -14,15 +14,16 @@ fresh iff tag == current step: if any apply had started after the tag was
 read, the step would be larger. A gradient computed on a mix of versions
 therefore always carries a stale tag (invariant 1).
 
-Waiting. An admitted worker that did not close its step blocks on a wake-up
-queue on the protocol PS instead of computing a gradient certain to be
-dropped. Every wake-up goes through the critical section and hands out one
-token per registered waiter: the closer of the step, or the coordinator-side
+Waiting. An admitted worker that did not close its step blocks on its own
+wake-up queue on the protocol PS instead of computing a gradient certain to
+be dropped. Every wake-up goes through the critical section and puts one
+token in the queue of each registered waiter: the closer of the step, or the coordinator-side
 step watchdog (`watchdog.py`), which releases the waiters when no pending
 closure could close the step (the end of an epoch), when a wait exceeds
 `max_wait_s`, or when the quorum policy fails the run. So no wait outlives the
 coordinator's judgement, and no wake-up is lost or doubled.
 """
+import functools
 import time
 import uuid
 
@@ -63,9 +64,9 @@ def _f64(x):
 def _waits(outcome):
     """Pushes whose worker then waits for the open step to close: admitted
     ones that did not close it, and duplicates. A duplicate comes from a
-    worker woken without its step closing (a wake-up token left behind by a
-    waiter that died, or a release); without waiting it would compute
-    gradient after gradient on a version it already contributed to."""
+    worker woken without its step closing (a release, or a token left in its
+    queue by its previous life); without waiting it would compute gradient
+    after gradient on a version it already contributed to."""
     return tf.logical_or(tf.equal(outcome, ADMITTED),
                          tf.equal(outcome, DROPPED_DUPLICATE))
 
@@ -157,21 +158,27 @@ class SyncProtocol(tf.Module):
                 shared_name="ps_sync_%s_step" % self.run_id,
                 name="ps_sync_" + purpose)
 
-    def _wake_queue(self):
-        # Created where it is used, with a fixed shared name: one queue on
-        # the protocol PS for every worker function and the coordinator.
+    def _wake_queue(self, worker):
+        # Created where it is used, with a fixed shared name: one queue per
+        # worker on the protocol PS, the same for every worker function and
+        # the coordinator. Per worker, because a token in a shared queue
+        # goes to whichever waiter dequeues first: a waiter slow to dequeue
+        # (paused, far away) lost its token to one admitted to the next
+        # step, which woke on a step still open while it blocked unseen.
         with tf.device(self._device):
             return tf.raw_ops.FIFOQueueV2(
                 component_types=[tf.int64], shapes=[[]], capacity=1 << 20,
-                shared_name="ps_sync_%s_wake" % self.run_id)
+                shared_name="ps_sync_%s_wake_%d" % (self.run_id, worker))
 
     def _wake_waiters(self, token):
-        """Inside the critical section: one token per registered waiter."""
+        """Inside the critical section: a token to each registered waiter."""
         waiting = self.waiting.read_value()
-        tokens = tf.fill([tf.reduce_sum(waiting)], tf.cast(token, tf.int64))
-        woken = tf.raw_ops.QueueEnqueueManyV2(handle=self._wake_queue(),
-                                              components=[tokens])
-        with tf.control_dependencies([woken]):
+        token = tf.cast(token, tf.int64)
+        woken = [tf.raw_ops.QueueEnqueueManyV2(
+                     handle=self._wake_queue(w),
+                     components=[tf.fill([waiting[w]], token)])
+                 for w in range(self.total_num_replicas)]
+        with tf.control_dependencies(woken):
             cleared = self.waiting.assign(tf.zeros_like(waiting),
                                           read_value=True)
         with tf.control_dependencies([cleared]):
@@ -340,9 +347,15 @@ class SyncProtocol(tf.Module):
         """Block until a wake-up token for this wait arrives (the worker was
         registered as a waiter inside its push's critical section). Returns
         how the wait ended."""
-        with tf.device(self._device):
-            token, = tf.raw_ops.QueueDequeueV2(handle=self._wake_queue(),
+        def dequeue(w):
+            token, = tf.raw_ops.QueueDequeueV2(handle=self._wake_queue(w),
                                                component_types=[tf.int64])
+            return token
+
+        with tf.device(self._device):
+            token = tf.switch_case(
+                worker, [functools.partial(dequeue, w)
+                         for w in range(self.total_num_replicas)])
         # Explicit: nothing below touches the queue, so automatic control
         # dependencies would let the retag read the version before the wake.
         with tf.control_dependencies([token]), tf.device(self._device):
@@ -376,8 +389,8 @@ class SyncProtocol(tf.Module):
                 exclusive_resource_access=False)
         # An admitted worker that did not close the step would only compute a
         # gradient certain to be dropped: wait for the new version instead.
-        # (A worker that dies waiting leaves its wake-up token to another
-        # waiter, which wakes early, pushes a duplicate and waits again.)
+        # (A worker that dies waiting leaves a wake-up token in its queue:
+        # restarted, it wakes early once, pushes a duplicate, waits again.)
         waited = tf.cond(_waits(outcome),
                          lambda: self._wait_for_close(worker),
                          lambda: tf.constant(-1))

@@ -261,3 +261,76 @@ def test_more_than_b_workers_gone_fails_naming_them(tmp_path):
             in r["error"]), (msg, r["error"])
     # No update with fewer than N was applied on the way.
     assert all(len(row) == 2 for row in r["rows"]), msg
+
+
+def _pause_workers_randomly(run_dir, seed):
+    """Workers stopped (SIGSTOP) and resumed at random moments: a worker
+    stopped between registering as a waiter and dequeuing its wake-up token
+    must still get that token, not another worker."""
+    import threading
+    import time
+    import logging
+    import re
+    rng = random.Random(seed)
+    run = _ProbeRun(run_dir, workers=3, replicas=2)
+    run.run(9)
+    stop = threading.Event()
+    pauses = []
+    # Under heavy load the coordinator may take a paused worker for a failed
+    # one (gRPC "ping timeout") and re-run its closure: its interrupted wait
+    # is the dead-waiter case, not what this test is about.
+    failed = set()
+
+    class FailedWorkers(logging.Handler):
+        def emit(self, record):
+            found = re.search(r"Worker /job:worker/replica:0/task:(\d+) "
+                              r"failed", record.getMessage())
+            if found:
+                failed.add(int(found.group(1)))
+
+    logging.getLogger("tensorflow").addHandler(FailedWorkers())
+
+    def pause_some():
+        while not stop.wait(rng.uniform(0.02, 0.2)):
+            name = "worker-%d" % rng.randrange(3)
+            run.cluster.pause(name)
+            time.sleep(rng.uniform(0.02, 0.2))
+            run.cluster.resume(name)
+            pauses.append(name)
+
+    pauser = threading.Thread(target=pause_some)
+    pauser.start()
+    deadline = time.monotonic() + 200
+    while len(pauses) < 20 and time.monotonic() < deadline:
+        run.run(30)
+    stop.set()
+    pauser.join()
+    result = run.finish()
+    result.update(pauses=len(pauses), failed_workers=sorted(failed))
+    run.cluster.stop()
+    return result
+
+
+@pytest.mark.timeout(400)
+def test_paused_waiters_keep_their_wake_up_tokens(tmp_path):
+    seed = _seed()
+    msg = "PS_SYNC_FAULT_SEED=%d" % seed
+    r = fresh_interpreter.run(
+        HERE + ":_pause_workers_randomly",
+        dict(run_dir=str(tmp_path), seed=seed), timeout=360)
+    msg += " stats=%s failed=%s" % (r["stats"], r["failed_workers"])
+    _check_whole_updates(r, 2, msg)
+    assert r["pauses"] >= 20, msg
+    per_worker = r["stats"]["per_worker"]
+    kept = [w for i, w in enumerate(per_worker)
+            if i not in r["failed_workers"]]
+    assert kept, msg
+    for w in kept:
+        # Every wait (after an admission or a duplicate) ended exactly once.
+        assert (w["admitted"] + w["dropped_duplicate"]
+                == w["wait_closed"] + w["wait_released"]), msg
+        # A worker pushes a duplicate only after being woken before its step
+        # closed: by a release (end of a schedule), never by a token that
+        # was meant for another worker.
+        assert w["dropped_duplicate"] <= w["wait_released"], msg
+    assert r["steps"] >= 40, msg
