@@ -122,7 +122,7 @@ class StepWatchdog:
             step=step, count=count, admitted=admitted,
             open_for_s=now - self._open_since,
             replicas_to_aggregate=self._protocol.replicas_to_aggregate,
-            total_num_replicas=self._protocol.total_num_replicas))
+            total_num_replicas=self._protocol.total_num_replicas, now=now))
         if decision is None:
             return
         if decision.fail:
