@@ -309,6 +309,7 @@ class Result:
     pushes: int
     admitted: int
     compute_times: list   # per push: ready -> computed (pauses included)
+    push_times: list      # per push: ready -> decided at the PS
     duration_s: float
 
     @property
@@ -344,7 +345,9 @@ class Result:
                 "mean_quorum": (statistics.fmean(self.quorums)
                                 if self.quorums else None),
                 "mean_compute_s": (statistics.fmean(self.compute_times)
-                                   if self.compute_times else None)}
+                                   if self.compute_times else None),
+                "mean_push_s": (statistics.fmean(self.push_times)
+                                if self.push_times else None)}
 
 
 class _Sim:
@@ -384,6 +387,7 @@ class _Sim:
         self.pushes = 0
         self.admitted_pushes = 0
         self.compute_times = []
+        self.push_times = []
 
     def push_event(self, t, kind, data=None):
         self.seq += 1
@@ -499,6 +503,7 @@ class _Sim:
 
     def _sync_push(self, w, tag):
         self.pushes += 1
+        self.push_times.append(self.now - self.ready_at[w])
         cost = self.c.push_cost_s
         if tag != self.step:
             # Dropped as stale; retagged with the open step at once.
@@ -516,6 +521,7 @@ class _Sim:
 
     def _async_push(self, w, tag):  # pylint: disable=unused-argument
         self.pushes += 1
+        self.push_times.append(self.now - self.ready_at[w])
         self.admitted_pushes += 1
         cost = self.c.push_cost_s + self.c.apply_cost_s
         self.closes.append(self.now + cost)
@@ -579,7 +585,7 @@ class _Sim:
         return Result(self.closes[:updates] if updates else self.closes,
                       self.quorums[:updates] if updates else self.quorums,
                       self.arrivals, self.pushes, self.admitted_pushes,
-                      self.compute_times, self.now)
+                      self.compute_times, self.push_times, self.now)
 
 
 def simulate(cluster, updates=None, duration_s=None, seed=0):
