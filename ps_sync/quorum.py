@@ -156,14 +156,16 @@ class AdaptiveQuorum(QuorumPolicy):
         self.decisions = []   # (step, quorum) of every lowering
 
     def _finish_step(self, open_step, now):
-        """Record the step that just closed, if it was the one before."""
+        """Record the step that just closed (it closed when this one
+        opened), if it was the one before."""
+        opened = now - open_step.open_for_s
         if self._step is not None and open_step.step == self._step + 1:
             closed_with = self._lowered_to or open_step.replicas_to_aggregate
             seen = dict(self._seen)
-            seen[closed_with] = now - self._opened
+            seen[closed_with] = opened - self._opened
             self._history.append(seen)
         self._step = open_step.step
-        self._opened = now - open_step.open_for_s
+        self._opened = opened
         self._seen = {}
         self._lowered_to = None
 
