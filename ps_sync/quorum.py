@@ -153,6 +153,8 @@ class AdaptiveQuorum(QuorumPolicy):
         self._opened = None
         self._seen = {}
         self._lowered_to = None
+        self._times = {}
+        self._target = None
         self.decisions = []   # (step, quorum) of every lowering
 
     def _finish_step(self, open_step, now):
@@ -164,6 +166,10 @@ class AdaptiveQuorum(QuorumPolicy):
             seen = dict(self._seen)
             seen[closed_with] = opened - self._opened
             self._history.append(seen)
+            # Once per step, not per poll: the window can be long.
+            self._times = self.expected_times()
+            self._target = self.best_quorum(open_step.replicas_to_aggregate,
+                                            self._times)
         self._step = open_step.step
         self._opened = opened
         self._seen = {}
@@ -179,10 +185,10 @@ class AdaptiveQuorum(QuorumPolicy):
                 counts[k] += 1
         return {k: sums[k] / counts[k] for k in sums}
 
-    def best_quorum(self, n):
+    def best_quorum(self, n, times=None):
         """The k in [min, n] with the best gain per expected second, among
         the counts observed; None before any step was observed."""
-        times = self.expected_times()
+        times = self.expected_times() if times is None else times
         best, best_score = None, None
         for k in range(min(self.min_replicas_to_aggregate, n), n + 1):
             t = times.get(k)
@@ -208,12 +214,12 @@ class AdaptiveQuorum(QuorumPolicy):
                 or len(self._history) < self.warmup_steps):
             return None
         if self.slack is not None:
-            full = self.expected_times().get(n)
+            full = self._times.get(n)
             if full is not None and now - self._opened > self.slack * full:
                 return self._lower(open_step.step, count)
         if open_step.step % self.explore_every == 0:
             return None
-        target = self.best_quorum(n)
+        target = self._target
         if target is not None and count >= target:
             return self._lower(open_step.step, count)
         return None

@@ -41,16 +41,18 @@ class Measured:
     """What a run measured, in the simulator's terms."""
     num_workers: int
     replicas_to_aggregate: int
-    updates: int
-    updates_per_s: float       # steady rate, after WARMUP_UPDATES
+    updates: int               # in the window every worker was active
+    updates_in_run: int
+    updates_per_s: float       # steady rate in that window, after warm-up
     wasted_share: float
     duplicates: int
+    first_duplicate_s: float   # simulated time of the first, or None
     step_times: list           # ready -> decided at the PS, per push
     push_cost_s: float
     apply_cost_s: float
     wake_s: float
     start: float               # wall time taken as simulated time 0
-    duration_s: float          # start to the last update
+    duration_s: float          # start to the window's last update
     pauses: list               # [(worker, start, end)] in simulated time
 
 
@@ -107,16 +109,28 @@ def measure_run(run_dir):
     push_cost = _quantile(after_push, 0.05)
     apply_cost = max(0.0, _quantile(after_apply, 0.05) - push_cost)
     start = min(p["arrived_at"] for p in pushes) - _median(times)
-    closes = sorted(closed_at.values())
+    # The window in which every worker was pushing: a worker that stops
+    # pushing for good (lost its wake-up, see the report) is not modelled.
+    last_push = {}
+    for p in pushes:
+        last_push[p["worker"]] = p["arrived_at"]
+    active_until = min(last_push.values())
+    all_closes = sorted(closed_at.values())
+    closes = [t for t in all_closes if t <= active_until]
     pauses = [(e["worker"], e["start"] - start, e["end"] - start)
               for e in (run.pauses or []) if e["end"] > start]
     return Measured(
         num_workers=run.num_workers,
         replicas_to_aggregate=run.replicas_to_aggregate,
-        updates=len(run.steps), updates_per_s=steady_rate(closes),
+        updates=len(closes), updates_in_run=len(all_closes),
+        updates_per_s=steady_rate(closes),
         wasted_share=analysis.analyze(run)["wasted_share"],
         duplicates=sum(1 for p in pushes
-                       if p["outcome"] == "dropped_duplicate"),
+                       if p["outcome"] == "dropped_duplicate"
+                       and p["arrived_at"] <= active_until),
+        first_duplicate_s=min((p["arrived_at"] - start for p in pushes
+                               if p["outcome"] == "dropped_duplicate"),
+                              default=None),
         step_times=times, push_cost_s=push_cost, apply_cost_s=apply_cost,
         wake_s=max(0.0, _median(wake)), start=start,
         duration_s=closes[-1] - start, pauses=pauses)

@@ -28,6 +28,17 @@ What is modelled, and why each piece (semantics of ps_sync/protocol.py):
   busy workers on c < k cores each run at c/k speed.
 - Pauses: a paused worker makes no progress (SIGSTOP of the launcher's
   straggler injection); replayed from a run's log or drawn from a spec.
+- Wake-ups (`shared_wake_queue`): as implemented, the closer puts one
+  anonymous token per registered waiter on one queue on the PS that every
+  waiter dequeues from, in the order their dequeues reach the PS. A waiter
+  issues its dequeue only after its push returns, which needs it running: a
+  waiter paused in between can find its token taken by a worker that
+  registered after it, e.g. the closer, admitted again to the next step: that worker wakes with a version
+  it already contributed to, pushes duplicates until the step closes, and
+  the robbed waiter blocks unregistered, a lost worker, until a later token
+  (the hole moves on, one backup fewer for good). With False every waiter
+  gets its own wake-up (the design's intent). `lost_wakeups` starts that
+  many workers robbed.
 - Quorum policies: the `ps_sync.quorum` policy objects themselves are polled
   every `poll_s` like the coordinator's step watchdog does; a lowered quorum
   closes the step at once (the coordinator's close goes through the PS queue
@@ -282,6 +293,8 @@ class Cluster:
     pauses: tuple = ()
     quorum_policy: object = None
     poll_s: float = 0.05
+    shared_wake_queue: bool = False
+    lost_wakeups: int = 0     # workers that start robbed (shared queue)
 
     def __post_init__(self):
         if self.mode not in ("sync", "async"):
@@ -296,6 +309,11 @@ class Cluster:
         for name in ("latency_s", "push_cost_s", "apply_cost_s", "wake_s"):
             if getattr(self, name) < 0:
                 raise ValueError("%s must be >= 0" % name)
+        if self.lost_wakeups and not (
+                self.shared_wake_queue
+                and 0 <= self.lost_wakeups < self.num_workers):
+            raise ValueError("lost_wakeups needs shared_wake_queue and "
+                             "fewer than num_workers")
         if self.workers_per_machine < 1 or self.cores_per_machine <= 0:
             raise ValueError("need workers_per_machine >= 1 and "
                              "cores_per_machine > 0")
@@ -308,6 +326,7 @@ class Result:
     arrivals: list        # per closed version: offsets of its fresh pushes
     pushes: int
     admitted: int
+    duplicates: int
     compute_times: list   # per push: ready -> computed (pauses included)
     push_times: list      # per push: ready -> decided at the PS
     duration_s: float
@@ -352,7 +371,8 @@ class Result:
 
 class _Sim:
     # Event kinds, in tie-break order at equal times.
-    RESUME, PAUSE, DONE, ARRIVE, SERVED, READY, POLL = range(7)
+    RESUME, PAUSE, DONE, ARRIVE, SERVED, READY, POLL, TOKENS, DEQUEUE = \
+        range(9)
 
     def __init__(self, cluster, seed):
         self.c = cluster
@@ -381,11 +401,15 @@ class _Sim:
         self.admitted = []
         self.waiting = []
         self.lowered = None   # (step, quorum)
+        self.tokens = 0       # shared wake queue: tokens not yet taken
+        self.dequeuers = []   # workers blocked on it, in order
+        self.dequeue_due = set()  # paused before issuing their dequeue
         self.open_at = 0.0
         self.offsets = []
         self.closes, self.quorums, self.arrivals = [], [], []
         self.pushes = 0
         self.admitted_pushes = 0
+        self.duplicates = 0
         self.compute_times = []
         self.push_times = []
 
@@ -454,6 +478,30 @@ class _Sim:
         self.paused[w] -= 1
         if self.paused[w] == 0 and w in self.frozen:
             self._set_busy(w, self.frozen.pop(w))
+        if self.paused[w] == 0 and w in self.dequeue_due:
+            self.dequeue_due.discard(w)
+            self.on_dequeue(w)
+
+    # -- the shared wake queue (as implemented) ------------------------------
+
+    def on_dequeue(self, w):
+        if self.paused[w]:
+            self.dequeue_due.add(w)   # issued once it runs again
+            return
+        self.dequeuers.append(w)
+        self._hand_out_tokens()
+
+    def on_tokens(self, count):
+        self.tokens += count
+        self._hand_out_tokens()
+
+    def _hand_out_tokens(self):
+        """Tokens to the blocked dequeues in order (the PS serves them, the
+        worker may be paused); each takes the version published now (the
+        protocol retags after the dequeue)."""
+        while self.tokens and self.dequeuers:
+            self.tokens -= 1
+            self.ready(self.dequeuers.pop(0), self.step)
 
     # -- parameter server --------------------------------------------------
 
@@ -499,6 +547,11 @@ class _Sim:
         self.count, self.admitted, self.offsets = 0, [], []
         self.open_at = t_end
         waiters, self.waiting = self.waiting, []
+        if self.c.shared_wake_queue:
+            if waiters:
+                self.push_event(t_end + self.c.wake_s, self.TOKENS,
+                                len(waiters))
+            return []
         return [(self.c.wake_s, w, self.step) for w in waiters]
 
     def _sync_push(self, w, tag):
@@ -507,6 +560,10 @@ class _Sim:
         cost = self.c.push_cost_s
         if tag != self.step:
             # Dropped as stale; retagged with the open step at once.
+            return cost, [(0.0, w, self.step)]
+        if w in self.admitted:
+            # Woken by another's token: a second push to the same step.
+            self.duplicates += 1
             return cost, [(0.0, w, self.step)]
         self.admitted_pushes += 1
         self.count += 1
@@ -517,6 +574,8 @@ class _Sim:
             wakes = self._close(self.now + cost)
             return cost, [(0.0, w, self.step)] + wakes
         self.waiting.append(w)
+        if self.c.shared_wake_queue:
+            self.push_event(self.now + cost, self.DEQUEUE, w)
         return cost, []
 
     def _async_push(self, w, tag):  # pylint: disable=unused-argument
@@ -559,14 +618,20 @@ class _Sim:
         for w, start, end in self.c.pauses:
             self.push_event(start, self.PAUSE, w)
             self.push_event(end, self.RESUME, w)
+        lost = self.c.num_workers - self.c.lost_wakeups
         for w in range(self.c.num_workers):
-            self.ready(w, 0)
+            if w < lost:
+                self.ready(w, 0)
+            else:   # blocked on the shared queue, registered nowhere
+                self.dequeuers.append(w)
         policy = self.c.quorum_policy
         if (self.sync and policy is not None
                 and not isinstance(policy, quorum_lib.FixedQuorum)):
             self.push_event(self.c.poll_s, self.POLL)
         handlers = {self.RESUME: self.on_resume, self.PAUSE: self.on_pause,
-                    self.ARRIVE: self.on_arrive, self.SERVED: self.on_served}
+                    self.ARRIVE: self.on_arrive, self.SERVED: self.on_served,
+                    self.TOKENS: self.on_tokens,
+                    self.DEQUEUE: self.on_dequeue}
         while self.events:
             t, kind, _, data = heapq.heappop(self.events)
             if duration_s is not None and t > duration_s:
@@ -585,6 +650,7 @@ class _Sim:
         return Result(self.closes[:updates] if updates else self.closes,
                       self.quorums[:updates] if updates else self.quorums,
                       self.arrivals, self.pushes, self.admitted_pushes,
+                      self.duplicates,
                       self.compute_times, self.push_times, self.now)
 
 
