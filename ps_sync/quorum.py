@@ -120,16 +120,18 @@ class AdaptiveQuorum(QuorumPolicy):
     each step closed (at its quorum). The quorum is lowered to the current
     count once that count reaches the best k; it stays between
     `min_replicas_to_aggregate` and N. Counts above the quorum it lowers to
-    are never seen, so every `explore_every`-th step waits for N, and the
-    first `warmup_steps` observed steps too. A step open `slack` times
-    longer than the expected time to N (more than b stragglers) closes with
+    are never seen, so every `explore_every`-th step waits for
+    `explore_span` more (N if None), and the first `warmup_steps` observed
+    steps wait for N. A step open `slack` times longer than the expected
+    time to the largest count seen (more than b stragglers) closes with
     what it has once it has at least the minimum.
     """
 
     name = "adaptive"
 
     def __init__(self, min_replicas_to_aggregate, window=50, explore_every=10,
-                 warmup_steps=5, gain_exponent=1.0, slack=3.0):
+                 warmup_steps=5, gain_exponent=1.0, slack=3.0,
+                 explore_span=5):
         if min_replicas_to_aggregate < 1:
             raise ValueError("min_replicas_to_aggregate must be at least 1, "
                              "got %d" % min_replicas_to_aggregate)
@@ -140,6 +142,9 @@ class AdaptiveQuorum(QuorumPolicy):
         if not 0 < gain_exponent <= 1:
             raise ValueError("gain_exponent must be in (0, 1], got %r"
                              % gain_exponent)
+        if explore_span is not None and explore_span < 1:
+            raise ValueError("explore_span must be at least 1 (or None), "
+                             "got %r" % explore_span)
         if slack is not None and slack <= 1:
             raise ValueError("slack must be above 1 (or None), got %r" % slack)
         self.min_replicas_to_aggregate = int(min_replicas_to_aggregate)
@@ -148,6 +153,7 @@ class AdaptiveQuorum(QuorumPolicy):
         self.warmup_steps = int(warmup_steps)
         self.gain_exponent = float(gain_exponent)
         self.slack = None if slack is None else float(slack)
+        self.explore_span = None if explore_span is None else int(explore_span)
         self._history = collections.deque(maxlen=self.window)
         self._step = None
         self._opened = None
@@ -213,14 +219,18 @@ class AdaptiveQuorum(QuorumPolicy):
                 or count < self.min_replicas_to_aggregate
                 or len(self._history) < self.warmup_steps):
             return None
-        if self.slack is not None:
-            full = self._times.get(n)
-            if full is not None and now - self._opened > self.slack * full:
+        if self.slack is not None and self._times:
+            longest = self._times[max(self._times)]
+            if now - self._opened > self.slack * longest:
                 return self._lower(open_step.step, count)
-        if open_step.step % self.explore_every == 0:
-            return None
         target = self._target
-        if target is not None and count >= target:
+        if target is None:
+            return None
+        if open_step.step % self.explore_every == 0:
+            if self.explore_span is None:
+                return None
+            target = min(n, target + self.explore_span)
+        if count >= target:
             return self._lower(open_step.step, count)
         return None
 
@@ -234,7 +244,8 @@ class AdaptiveQuorum(QuorumPolicy):
                 "min_replicas_to_aggregate": self.min_replicas_to_aggregate,
                 "window": self.window, "explore_every": self.explore_every,
                 "warmup_steps": self.warmup_steps,
-                "gain_exponent": self.gain_exponent, "slack": self.slack}
+                "gain_exponent": self.gain_exponent, "slack": self.slack,
+                "explore_span": self.explore_span}
 
 
 def from_config(config):

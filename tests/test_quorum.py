@@ -155,7 +155,7 @@ def test_adaptive_learns_the_best_quorum_and_lowers_to_it():
 def test_adaptive_waits_for_n_on_explore_steps_and_before_min():
     policy = quorum.AdaptiveQuorum(min_replicas_to_aggregate=3,
                                    explore_every=5, warmup_steps=1,
-                                   slack=None)
+                                   slack=None, explore_span=None)
     t = 0.0
     _, t = _observe_step(policy, 4, t, (0.1, 0.2, 0.3), 2.0)
     # Step 5 explores (5 % 5 == 0): waits for N whatever the counts.
@@ -165,6 +165,24 @@ def test_adaptive_waits_for_n_on_explore_steps_and_before_min():
     assert policy.best_quorum(4) == 3
     assert _poll(policy, 6, 2, t + 0.2, t) is None
     assert _poll(policy, 6, 3, t + 0.3, t) == quorum.Decision(quorum=3)
+
+
+def test_adaptive_explores_a_few_above_its_target():
+    policy = quorum.AdaptiveQuorum(min_replicas_to_aggregate=1,
+                                   explore_every=2, warmup_steps=1,
+                                   explore_span=1, slack=None)
+    # Step 1 (N=8): 1st..5th gradients at 0.5..0.9 s, then a wait until
+    # 6 s for the rest. Gradients per second are best at k=5.
+    for k, at in enumerate((0.5, 0.6, 0.7, 0.8, 0.9), 1):
+        assert _poll(policy, 1, k, at, 0.0, n=8, total=8) is None
+    t = 6.0
+    for k, at in enumerate((0.5, 0.6, 0.7, 0.8), 1):
+        assert _poll(policy, 2, k, t + at, t, n=8, total=8) is None
+    assert policy.best_quorum(8) == 5
+    # Step 2 explores: target 5 + span 1 = 6.
+    assert _poll(policy, 2, 5, t + 0.9, t, n=8, total=8) is None
+    assert _poll(policy, 2, 6, t + 1.0, t, n=8,
+                 total=8) == quorum.Decision(quorum=6)
 
 
 def test_adaptive_keeps_n_when_every_gradient_comes_together():
@@ -207,13 +225,15 @@ def test_adaptive_config_round_trip_and_errors():
     assert again.get_config() == policy.get_config() == {
         "policy": "adaptive", "min_replicas_to_aggregate": 3, "window": 20,
         "explore_every": 7, "warmup_steps": 4, "gain_exponent": 0.5,
-        "slack": None}
+        "slack": None, "explore_span": 5}
     with pytest.raises(ValueError, match="min_replicas_to_aggregate"):
         quorum.AdaptiveQuorum(0)
     with pytest.raises(ValueError, match="gain_exponent"):
         quorum.AdaptiveQuorum(2, gain_exponent=1.5)
     with pytest.raises(ValueError, match="slack"):
         quorum.AdaptiveQuorum(2, slack=0.5)
+    with pytest.raises(ValueError, match="explore_span"):
+        quorum.AdaptiveQuorum(2, explore_span=0)
 
 
 def test_adaptive_round_trips_through_the_optimizer_config():
