@@ -55,6 +55,11 @@ SETTINGS = [
      "stragglers": []},
     {"name": "3of4-moderate", "workers": 4, "n": 3, "updates": 300,
      "stragglers": [dict(_MODERATE, task="worker-3", seed=13)]},
+    {"name": "2of3-heavy", "workers": 3, "n": 2, "updates": 300,
+     "stragglers": [dict(_HEAVY, task="worker-2", seed=3)]},
+    # N=1: every push closes its step, nobody waits on the wake queue.
+    {"name": "1of3-straggler", "workers": 3, "n": 1, "updates": 1000,
+     "stragglers": [dict(_MODERATE, task="worker-2", seed=11)]},
 ]
 
 
@@ -128,8 +133,15 @@ def predict_all(runs_dir, settings, seeds=5):
     for setting in settings:
         name = setting["name"]
         m = measured.get(name)
-        if m is None:
-            rows.append({"setting": name, "measured": None})
+        if m is None or m.updates_per_s is None:
+            rows.append({"setting": name, "measured_updates_per_s": None,
+                         "exit": exits.get(name, {}).get("exit"),
+                         "measured_updates": m.updates if m else None,
+                         "measured_duplicate_pushes": (m.duplicates if m
+                                                       else None),
+                         "reason": ("no run" if m is None else
+                                    "too few updates while every worker "
+                                    "pushed")})
             continue
         rates, wasted = [], []
         for seed in range(seeds):
@@ -233,7 +245,11 @@ def report(results):
         "dups", "(diagnostic: 1 wake-up lost)")]
     for r in results["settings"]:
         if r.get("measured_updates_per_s") is None:
-            lines.append("%-16s  (no run)" % r["setting"])
+            lines.append("%-16s  not usable: %s (exit %s, %s updates, %s "
+                         "duplicate pushes)" % (
+                             r["setting"], r["reason"], r.get("exit"),
+                             r.get("measured_updates"),
+                             r.get("measured_duplicate_pushes")))
             continue
         lost = r["diagnostic_one_lost_wakeup_updates_per_s"]
         lines.append("%-16s %3d %3d %6d %10.2f %10.2f %+6.1f%% %5d %s%s" % (
