@@ -224,6 +224,13 @@ def plot(results, path):
            width=0.4, label="measured")
     ax.bar([x + 0.2 for x in xs], [r["predicted_updates_per_s"] for r in rows],
            width=0.4, label="simulated")
+    lost = [(x, r["diagnostic_one_lost_wakeup_updates_per_s"])
+            for x, r in zip(xs, rows)
+            if r.get("diagnostic_one_lost_wakeup_updates_per_s")]
+    if lost:
+        ax.scatter([x + 0.2 for x, _ in lost], [v for _, v in lost],
+                   marker="_", s=300, color="black", zorder=3,
+                   label="simulated, 1 wake-up lost (diagnostic)")
     for x, r in zip(xs, rows):
         ax.text(x + 0.2, r["predicted_updates_per_s"], "%+.0f%%"
                 % (100 * r["relative_error"]), ha="center", va="bottom",
