@@ -57,6 +57,11 @@ SETTINGS = [
      "stragglers": [dict(_MODERATE, task="worker-3", seed=13)]},
     {"name": "2of3-heavy", "workers": 3, "n": 2, "updates": 300,
      "stragglers": [dict(_HEAVY, task="worker-2", seed=3)]},
+    # Repeats: how far two runs of one setting differ on this machine.
+    {"name": "cal-2of3-clean-repeat", "workers": 3, "n": 2, "updates": 500,
+     "stragglers": []},
+    {"name": "2of3-straggler-repeat", "workers": 3, "n": 2, "updates": 400,
+     "stragglers": [dict(_MODERATE, task="worker-2", seed=11)]},
     # N=1: every push closes its step, nobody waits on the wake queue.
     {"name": "1of3-straggler", "workers": 3, "n": 1, "updates": 1000,
      "stragglers": [dict(_MODERATE, task="worker-2", seed=11)]},

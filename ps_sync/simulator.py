@@ -47,6 +47,7 @@ What is modelled, and why each piece (semantics of ps_sync/protocol.py):
 Times are in seconds of simulated time; the clock starts with every worker
 ready to compute on version 0.
 """
+import collections
 import dataclasses
 import heapq
 import math
@@ -323,7 +324,7 @@ class Cluster:
 class Result:
     closes: list          # time of each update
     quorums: list         # gradients averaged by each update
-    arrivals: list        # per closed version: offsets of its fresh pushes
+    arrivals: list        # per closed step: its admitted pushes' offsets
     pushes: int
     admitted: int
     duplicates: int
@@ -393,7 +394,7 @@ class _Sim:
         self.ready_at = [0.0] * n
         self.tag = [0] * n
         # PS.
-        self.queue = []
+        self.queue = collections.deque()
         self.ps_busy = False
         # Protocol.
         self.step = 0
@@ -512,7 +513,7 @@ class _Sim:
     def _serve(self):
         if self.ps_busy or not self.queue:
             return
-        item = self.queue.pop(0)
+        item = self.queue.popleft()
         self.ps_busy = True
         if item is None:   # the coordinator closes a lowered step
             cost, after = self._coordinator_close()
