@@ -57,10 +57,11 @@ flags.DEFINE_integer("replicas_to_aggregate", None,
 flags.DEFINE_integer("total_num_replicas", None,
                      "N+b; must equal the cluster's workers (default: them)")
 flags.DEFINE_enum("quorum_policy", "fixed",
-                  ["fixed", "timeout_degrade", "timeout_fail"],
+                  ["fixed", "timeout_degrade", "timeout_fail", "adaptive"],
                   "what a step does when its quorum is slow to come")
 flags.DEFINE_integer("min_replicas_to_aggregate", None,
-                     "timeout_degrade: the fewest gradients a step may take")
+                     "timeout_degrade, adaptive: the fewest gradients a step "
+                     "may take")
 flags.DEFINE_float("quorum_timeout_s", None,
                    "timeout_degrade / timeout_fail: seconds a step may wait")
 flags.DEFINE_enum("optimizer", None, list(recipes.OPTIMIZERS),
@@ -163,6 +164,13 @@ def _quorum_policy():
     policy = FLAGS.quorum_policy
     if policy == "fixed":
         return None
+    if policy == "adaptive":
+        # Each step's quorum between the minimum and N (ps_sync.quorum).
+        if FLAGS.min_replicas_to_aggregate is None:
+            raise app.UsageError("--quorum_policy=adaptive needs "
+                                 "--min_replicas_to_aggregate")
+        return {"policy": "adaptive",
+                "min_replicas_to_aggregate": FLAGS.min_replicas_to_aggregate}
     if FLAGS.quorum_timeout_s is None:
         raise app.UsageError("--quorum_policy=%s needs --quorum_timeout_s"
                              % policy)

@@ -15,6 +15,7 @@ from ps_sync import keras_env  # noqa: F401  (must run before TensorFlow loads)
 
 _EXPORTS = {
     "SyncReplicasWithBackups": "ps_sync.optimizer",
+    "AdaptiveQuorum": "ps_sync.quorum",
     "FixedQuorum": "ps_sync.quorum",
     "TimeoutThenDegrade": "ps_sync.quorum",
     "TimeoutThenFail": "ps_sync.quorum",

@@ -142,7 +142,7 @@ class StepWatchdog:
             step=step, count=count, admitted=admitted,
             open_for_s=now - self._open_since,
             replicas_to_aggregate=self._protocol.replicas_to_aggregate,
-            total_num_replicas=self._protocol.total_num_replicas)
+            total_num_replicas=self._protocol.total_num_replicas, now=now)
         if now - self._warned_at >= self._stall_warning_s:
             # Never a silent hang, whatever the policy.
             self._warned_at = now

@@ -123,3 +123,138 @@ def test_a_stalled_step_is_logged_naming_the_workers_it_waits_for():
     assert text.startswith("ps_sync: step 7 has waited 61 s for its quorum: "
                            "1 of 2 fresh gradients; workers that have not "
                            "contributed: worker-1, worker-2. With more than 1")
+
+
+# -- AdaptiveQuorum: decisions on constructed sequences of polls -------------
+
+def _poll(policy, step, count, now, opened, n=4, total=5):
+    return policy.decide(quorum.OpenStep(
+        step=step, count=count, admitted=tuple(range(count)),
+        open_for_s=now - opened, replicas_to_aggregate=n,
+        total_num_replicas=total, now=now))
+
+
+def _observe_step(policy, step, opened, arrivals, closes_at):
+    """Polls at each arrival time of a step that closes at `closes_at`;
+    returns the decisions."""
+    decisions = [_poll(policy, step, k, opened + t, opened)
+                 for k, t in enumerate(arrivals, 1)]
+    return decisions, opened + closes_at
+
+
+def test_adaptive_learns_the_best_quorum_and_lowers_to_it():
+    policy = quorum.AdaptiveQuorum(min_replicas_to_aggregate=2,
+                                   explore_every=10, warmup_steps=3)
+    # Steps 1-3: the 1st..3rd gradients come at 0.1, 0.25, 0.3 s, the 4th
+    # (a straggler) closes the step at 2.0 s. Gain per second: k=2 8.0,
+    # k=3 10.0, k=4 2.0: the best quorum is 3.
+    t = 100.0
+    for step in (1, 2, 3):
+        decisions, t = _observe_step(policy, step, t, (0.1, 0.25, 0.3), 2.0)
+        assert decisions == [None, None, None]      # warming up
+    assert policy.expected_times() == pytest.approx(
+        {1: 0.1, 2: 0.25, 3: 0.3, 4: 2.0})
+    assert policy.best_quorum(4) == 3
+    # Step 4: after warm-up, nothing below 3, then lower to 3 at 3.
+    assert _poll(policy, 4, 1, t + 0.1, t) is None
+    assert _poll(policy, 4, 2, t + 0.25, t) is None
+    assert _poll(policy, 4, 3, t + 0.3, t) == quorum.Decision(quorum=3)
+    assert _poll(policy, 4, 3, t + 0.35, t) is None   # once per step
+    assert policy.decisions == [(4, 3)]
+
+
+def test_adaptive_waits_for_n_on_explore_steps_and_before_min():
+    policy = quorum.AdaptiveQuorum(min_replicas_to_aggregate=3,
+                                   explore_every=5, warmup_steps=1,
+                                   slack=None, explore_span=None)
+    t = 0.0
+    _, t = _observe_step(policy, 4, t, (0.1, 0.2, 0.3), 2.0)
+    # Step 5 explores (5 % 5 == 0): waits for N whatever the counts.
+    assert _poll(policy, 5, 3, t + 0.3, t) is None
+    t += 2.0
+    # Step 6: a count of 2 is below the minimum of 3.
+    assert policy.best_quorum(4) == 3
+    assert _poll(policy, 6, 2, t + 0.2, t) is None
+    assert _poll(policy, 6, 3, t + 0.3, t) == quorum.Decision(quorum=3)
+
+
+def test_adaptive_explores_a_few_above_its_target():
+    policy = quorum.AdaptiveQuorum(min_replicas_to_aggregate=1,
+                                   explore_every=2, warmup_steps=1,
+                                   explore_span=1, slack=None)
+    # Step 1 (N=8): 1st..5th gradients at 0.5..0.9 s, then a wait until
+    # 6 s for the rest. Gradients per second are best at k=5.
+    for k, at in enumerate((0.5, 0.6, 0.7, 0.8, 0.9), 1):
+        assert _poll(policy, 1, k, at, 0.0, n=8, total=8) is None
+    t = 6.0
+    for k, at in enumerate((0.5, 0.6, 0.7, 0.8), 1):
+        assert _poll(policy, 2, k, t + at, t, n=8, total=8) is None
+    assert policy.best_quorum(8) == 5
+    # Step 2 explores: target 5 + span 1 = 6.
+    assert _poll(policy, 2, 5, t + 0.9, t, n=8, total=8) is None
+    assert _poll(policy, 2, 6, t + 1.0, t, n=8,
+                 total=8) == quorum.Decision(quorum=6)
+
+
+def test_adaptive_keeps_n_when_every_gradient_comes_together():
+    policy = quorum.AdaptiveQuorum(min_replicas_to_aggregate=1,
+                                   warmup_steps=2)
+    t = 0.0
+    for step in (1, 2, 3):
+        _, t = _observe_step(policy, step, t, (0.9, 0.95, 1.0), 1.0)
+    # k / time grows with k: N (4) is best, so no step is lowered.
+    assert policy.best_quorum(4) == 4
+    assert _poll(policy, 4, 3, t + 1.0, t) is None
+    assert policy.decisions == []
+
+
+def test_adaptive_closes_a_step_stuck_far_beyond_the_usual():
+    policy = quorum.AdaptiveQuorum(min_replicas_to_aggregate=2,
+                                   warmup_steps=2, slack=3.0)
+    t = 0.0
+    for step in (1, 2):
+        _, t = _observe_step(policy, step, t, (0.5, 0.6, 0.9), 1.0)
+    assert policy.best_quorum(4) == 4
+    # Step 3: more than b workers are stuck; at 3 x 1.0 s it takes 2.
+    assert _poll(policy, 3, 2, t + 2.9, t) is None
+    assert _poll(policy, 3, 2, t + 3.1, t) == quorum.Decision(quorum=2)
+
+
+def test_adaptive_skips_history_across_unseen_steps():
+    policy = quorum.AdaptiveQuorum(min_replicas_to_aggregate=1)
+    _poll(policy, 1, 1, 0.1, 0.0)
+    _poll(policy, 3, 0, 5.0, 5.0)    # step 2 came and went between polls
+    assert policy.expected_times() == {}
+
+
+def test_adaptive_config_round_trip_and_errors():
+    policy = quorum.AdaptiveQuorum(3, window=20, explore_every=7,
+                                   warmup_steps=4, gain_exponent=0.5,
+                                   slack=None)
+    again = quorum.from_config(policy.get_config())
+    assert isinstance(again, quorum.AdaptiveQuorum)
+    assert again.get_config() == policy.get_config() == {
+        "policy": "adaptive", "min_replicas_to_aggregate": 3, "window": 20,
+        "explore_every": 7, "warmup_steps": 4, "gain_exponent": 0.5,
+        "slack": None, "explore_span": 5}
+    with pytest.raises(ValueError, match="min_replicas_to_aggregate"):
+        quorum.AdaptiveQuorum(0)
+    with pytest.raises(ValueError, match="gain_exponent"):
+        quorum.AdaptiveQuorum(2, gain_exponent=1.5)
+    with pytest.raises(ValueError, match="slack"):
+        quorum.AdaptiveQuorum(2, slack=0.5)
+    with pytest.raises(ValueError, match="explore_span"):
+        quorum.AdaptiveQuorum(2, explore_span=0)
+
+
+def test_adaptive_round_trips_through_the_optimizer_config():
+    import ps_sync
+    import tensorflow as tf
+    opt = ps_sync.SyncReplicasWithBackups(
+        tf.keras.optimizers.SGD(0.1), 4, 5,
+        quorum_policy=ps_sync.AdaptiveQuorum(2, window=30))
+    again = tf.keras.optimizers.deserialize(tf.keras.optimizers.serialize(opt))
+    assert again.get_config()["quorum_policy"] == opt.get_config()[
+        "quorum_policy"]
+    assert again.get_config()["quorum_policy"]["policy"] == "adaptive"
+    assert again.get_config()["quorum_policy"]["window"] == 30

@@ -191,6 +191,8 @@ def test_an_evaluator_task_evaluates_the_chiefs_checkpoints(tmp_path):
     (["--dataset=digits", "--data_dir={tmp}"], "needs no data dir"),
     (["--total_num_replicas=3"],
      "--total_num_replicas=3 but the cluster has 2 workers"),
+    (["--quorum_policy=adaptive"],
+     "--quorum_policy=adaptive needs --min_replicas_to_aggregate"),
 ])
 def test_wrong_flags_are_usage_errors(tmp_path, flags, message):
     flags = [f.format(tmp=tmp_path) for f in flags]
