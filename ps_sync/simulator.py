@@ -28,17 +28,16 @@ What is modelled, and why each piece (semantics of ps_sync/protocol.py):
   busy workers on c < k cores each run at c/k speed.
 - Pauses: a paused worker makes no progress (SIGSTOP of the launcher's
   straggler injection); replayed from a run's log or drawn from a spec.
-- Wake-ups (`shared_wake_queue`): as implemented, the closer puts one
-  anonymous token per registered waiter on one queue on the PS that every
-  waiter dequeues from, in the order their dequeues reach the PS. A waiter
-  issues its dequeue only after its push returns, which needs it running: a
-  waiter paused in between can find its token taken by a worker that
-  registered after it, e.g. the closer, admitted again to the next step: that worker wakes with a version
-  it already contributed to, pushes duplicates until the step closes, and
-  the robbed waiter blocks unregistered, a lost worker, until a later token
-  (the hole moves on, one backup fewer for good). With False every waiter
-  gets its own wake-up (the design's intent). `lost_wakeups` starts that
-  many workers robbed.
+- Wake-ups: every waiter gets its own wake-up, as the protocol does now
+  (one queue per worker). `shared_wake_queue=True` models the earlier
+  protocol, which put anonymous tokens on one queue that every waiter
+  dequeued from in the order their dequeues reached the PS: a waiter paused
+  between its push and its dequeue could find its token taken by a worker
+  that registered after it, which woke on a version it had already
+  contributed to and pushed duplicates until the step closed, while the
+  robbed waiter blocked unregistered (one backup fewer for good).
+  `lost_wakeups` starts that many workers robbed (diagnosing runs made
+  before the fix).
 - Quorum policies: the `ps_sync.quorum` policy objects themselves are polled
   every `poll_s` like the coordinator's step watchdog does; a lowered quorum
   closes the step at once (the coordinator's close goes through the PS queue
