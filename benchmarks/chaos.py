@@ -1,6 +1,6 @@
 """Chaos: random tasks killed on a schedule during a digits run.
 
-  python -m benchmarks.chaos [--updates 600] [--fault_every_s 20] [--seed 0]
+  python -m benchmarks.chaos [--updates 1500] [--fault_every_s 15] [--seed 0]
 
 Two runs of the same launched job (1 chief, 1 PS, 3 workers, N=2, b=1,
 checkpoints every K updates), one after the other on this machine: one
@@ -209,10 +209,10 @@ def plot(clean_curve, chaos_curve, faults, path):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--updates", type=int, default=600)
+    parser.add_argument("--updates", type=int, default=1500)
     parser.add_argument("--checkpoint_every", type=int, default=20)
-    parser.add_argument("--fault_every_s", type=float, default=20.0)
-    parser.add_argument("--max_faults", type=int, default=6)
+    parser.add_argument("--fault_every_s", type=float, default=15.0)
+    parser.add_argument("--max_faults", type=int, default=8)
     parser.add_argument("--weights", default="worker=3,ps=1,chief=1",
                         help="relative odds of each role being killed")
     parser.add_argument("--seed", type=int, default=0)
