@@ -73,9 +73,9 @@ class Chaos(threading.Thread):
         return starts[-1]["pid"] if starts else None
 
     def _training(self):
-        """Once the program trains (a checkpoint exists to restart from) and
-        until it nears its target (a fault after training measures
-        nothing)."""
+        """While the program trains (a checkpoint exists to restart from,
+        updates are being applied) and until it nears its target (a fault
+        after training measures nothing)."""
         if not os.path.exists(os.path.join(self.run_dir, "checkpoints",
                                            "checkpoint")):
             return False
@@ -83,7 +83,9 @@ class Chaos(threading.Thread):
         if steps and steps[-1]["step"] >= self.stop_at_update:
             self.stop.set()
             return False
-        return True
+        # Training now (an update in the last 3 s), not recovering from the
+        # last fault: each fault hits a working cluster.
+        return bool(steps) and time.time() - steps[-1]["closed_at"] < 3.0
 
     def run(self):
         while len(self.faults) < self.max_faults:
