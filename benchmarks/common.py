@@ -131,16 +131,12 @@ def launch(spec, run_dir, program_args, timeout_s):
     try:
         out, _ = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        # The launcher stops its tasks on SIGTERM; the group kill is the
-        # backstop for anything it left.
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            out, _ = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, _ = proc.communicate()
+        out = _stop(proc)
         raise BenchmarkError("run %s timed out after %.0f s:\n%s" % (
             run_dir, timeout_s, _tail(out)))
+    except BaseException:  # SIGTERM / Ctrl-C of the benchmark: no orphans
+        _stop(proc)
+        raise
     wall = time.time() - start
     summary_path = os.path.join(run_dir, "summary.json")
     if proc.returncode != 0 or not os.path.exists(summary_path):
@@ -152,6 +148,28 @@ def launch(spec, run_dir, program_args, timeout_s):
     return {"summary": summary, "wall_s": wall, "run_dir": run_dir,
             "grpc_stalls": count_in_file(os.path.join(run_dir, "chief-0.log"),
                                          GRPC_STALL_MARK)}
+
+
+def _stop(proc):
+    """Stop a launcher: SIGTERM makes it stop every task of its cluster; a
+    group kill is the backstop. Returns its remaining output."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+    except ProcessLookupError:
+        out, _ = proc.communicate()
+    return out
+
+
+def exit_on_sigterm():
+    """Turn SIGTERM into SystemExit so that a running launch stops its
+    cluster on the way out (timeouts of callers send SIGTERM)."""
+    def handler(signum, frame):  # pylint: disable=unused-argument
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, handler)
 
 
 def _read(path):

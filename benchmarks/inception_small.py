@@ -32,6 +32,9 @@ Measured:
   the new version). The protocol's share is (push + wait) / cycle. Waiting
   for the slowest of the N is part of synchronous training, not overhead
   alone; async's equivalent share is not observable (no telemetry).
+`--model small_cnn --image_size 16` runs the same pipeline with a network
+that traces in seconds (the smoke test does; tracing Inception alone takes
+minutes on 2 shared cores).
 The simulator (ps_sync/simulator.py, another branch) is where predictions
 for 50/100/200 workers belong; `compute_s_samples` in the JSON is this
 run's measured compute-time distribution for it.
@@ -99,17 +102,19 @@ def run_variant(args, name, mode, n):
     updates = max(2, args.train_pushes // (n if mode == "sync" else 1))
     every = max(1, args.eval_every // (n if mode == "sync" else 1))
     spec = common.base_spec("inception-%s" % name, args.workers, n)
-    flags = ["--mode=%s" % mode, "--model=inception_v3_small",
+    flags = ["--mode=%s" % mode, "--model=%s" % args.model,
              "--dataset=imagenet_tfrecord", "--data_dir=%s" % args.data_dir,
              "--train_updates=%d" % updates,
              "--eval_every_updates=%d" % every,
              "--checkpoint_every_updates=0", "--eval_batch_size=8"]
+    if args.image_size:
+        flags.append("--image_size=%d" % args.image_size)
     r = common.launch(spec, os.path.join(args.run_root, name), flags,
                       args.timeout_s)
     s = r["summary"]
     sync = mode == "sync"
     ups, pps = steady_rates(s["eval_history"], r["run_dir"], sync)
-    out = {"variant": name, "mode": mode,
+    out = {"variant": name, "mode": mode, "model": args.model,
            "replicas_to_aggregate": n if sync else 1, "workers": args.workers,
            "updates": s["updates"], "train_time_s": s["train_time_s"],
            "program_time_s": s["program_time_s"],
@@ -137,7 +142,7 @@ def plot(results, path):
            label="worker steps/s")
     ax.set_xticks(list(x))
     ax.set_xticklabels(names)
-    ax.set_title("inception_v3_small, steady state")
+    ax.set_title("%s, steady state" % results[0]["model"])
     ax.legend(fontsize=8)
     sync = [r for r in results if r["protocol"]]
     bottom = [0.0] * len(sync)
@@ -164,6 +169,11 @@ def parse_args(argv):
         "sync protocol's share of step time.")
     p.add_argument("--workers", type=common.positive_int, default=3)
     p.add_argument("--variants", default="async,sync_b0,sync_b1")
+    p.add_argument("--model", default="inception_v3_small",
+                   choices=["inception_v3_small", "inception_v3",
+                            "small_cnn"])
+    p.add_argument("--image_size", type=common.positive_int, default=None,
+                   help="image side (default: the model's input size)")
     p.add_argument("--train_pushes", type=common.positive_int, default=60)
     p.add_argument("--eval_every", type=common.positive_int, default=15,
                    help="worker steps between evaluations")
@@ -195,6 +205,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
+    common.exit_on_sigterm()
     machine = common.machine_start()
     write_fixture(args.data_dir, args.num_train_images)
     results = []

@@ -189,6 +189,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
+    common.exit_on_sigterm()
     machine = common.machine_start()
     pairs = [(b, kind) for b in args.backups for kind in ("clean",
                                                           "injected")]

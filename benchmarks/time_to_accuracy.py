@@ -225,6 +225,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
+    common.exit_on_sigterm()
     names = list(args.variant_table)
     machine = common.machine_start()
     runs = []
