@@ -203,14 +203,28 @@ def read_jsonl(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def base_spec(name, workers, replicas, stragglers=(), ps=1):
+def add_keepalive_arg(parser):
+    parser.add_argument(
+        "--grpc_keepalive_ms", type=positive_int, default=None,
+        help="gRPC keepalive_time_ms of every task (default: the launcher's "
+        "30000). gRPC servers answer pings more frequent than every 300000 "
+        "ms on a connection without data with GOAWAY 'Too many pings', "
+        "which stalled or failed runs on a loaded machine; 300000 avoids it")
+
+
+def base_spec(name, workers, replicas, stragglers=(), ps=1,
+              keepalive_ms=None):
     """A local cluster spec: 1 chief, `ps` PS, `workers` workers, N =
     `replicas` (ignored by --mode=async), the given straggler entries."""
-    return {"name": name.replace("_", "-").lower(),
+    spec = {"name": name.replace("_", "-").lower(),
             "cluster": {"chief": 1, "ps": ps, "worker": workers},
             "sync": {"replicas_to_aggregate": replicas},
             "program": {"command": ["python", "-m", "models.train"]},
             "stragglers": list(stragglers)}
+    if keepalive_ms:
+        spec["local"] = {"grpc_options": {"grpc.keepalive_time_ms":
+                                          keepalive_ms}}
+    return spec
 
 
 def stragglers_from(spec_path, workers):

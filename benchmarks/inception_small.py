@@ -101,7 +101,8 @@ def protocol_share(run_dir, warmup):
 def run_variant(args, name, mode, n):
     updates = max(2, args.train_pushes // (n if mode == "sync" else 1))
     every = max(1, args.eval_every // (n if mode == "sync" else 1))
-    spec = common.base_spec("inception-%s" % name, args.workers, n)
+    spec = common.base_spec("inception-%s" % name, args.workers, n,
+                            keepalive_ms=args.grpc_keepalive_ms)
     flags = ["--mode=%s" % mode, "--model=%s" % args.model,
              "--dataset=imagenet_tfrecord", "--data_dir=%s" % args.data_dir,
              "--train_updates=%d" % updates,
@@ -185,6 +186,7 @@ def parse_args(argv):
                                                  "inception_small"))
     p.add_argument("--run_root", default=os.path.join(common.RUN_ROOT,
                                                       "inception_small"))
+    common.add_keepalive_arg(p)
     args = p.parse_args(argv)
     table = {"async": ("async", args.workers),
              "sync_b0": ("sync", args.workers),

@@ -64,7 +64,8 @@ def train_delayed(data, depth, width, delay, seed, steps, lr, batch,
 
     @tf.function
     def accuracy(x, y):
-        pred = tf.argmax(model(x, training=False), axis=1, output_type=tf.int32)
+        pred = tf.argmax(model(x, training=False), axis=1,
+                         output_type=tf.int32)
         return tf.reduce_mean(tf.cast(tf.equal(pred, y), tf.float32))
 
     rng = np.random.default_rng(seed)  # the batch order: same for every k

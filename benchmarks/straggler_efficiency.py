@@ -110,7 +110,8 @@ def run_pair_member(args, b, seed, kind):
     stragglers = (common.with_seed(args.straggler_entries, seed)
                   if kind == "injected" else [])
     name = "eff-b%d-%s-s%d" % (b, kind, seed)
-    spec = common.base_spec(name, args.workers, n, stragglers)
+    spec = common.base_spec(name, args.workers, n, stragglers,
+                            keepalive_ms=args.grpc_keepalive_ms)
     flags = ["--mode=sync", "--seed=%d" % seed,
              "--train_updates=%d" % args.train_updates,
              "--eval_every_updates=%d" % args.train_updates,
@@ -170,6 +171,7 @@ def parse_args(argv):
                                                  "straggler_efficiency"))
     p.add_argument("--run_root", default=os.path.join(
         common.RUN_ROOT, "straggler_efficiency"))
+    common.add_keepalive_arg(p)
     args = p.parse_args(argv)
     if any(b < 0 or b >= args.workers for b in args.backups):
         p.error("--backups must be between 0 and workers-1 (%d)"

@@ -73,7 +73,8 @@ def first_update_s(run_dir, history):
 
 def run_one(args, name, mode, n, seed, stragglers, run_root):
     spec = common.base_spec("tta-%s-s%d" % (name, seed), args.workers, n,
-                            common.with_seed(stragglers, seed))
+                            common.with_seed(stragglers, seed),
+                            keepalive_ms=args.grpc_keepalive_ms)
     flags = ["--mode=%s" % mode, "--seed=%d" % seed,
              "--train_epochs=%g" % args.train_epochs,
              "--eval_every_updates=%d" % eval_every_updates(
@@ -198,6 +199,7 @@ def parse_args(argv):
                                                  "time_to_accuracy"))
     p.add_argument("--run_root", default=os.path.join(common.RUN_ROOT,
                                                       "time_to_accuracy"))
+    common.add_keepalive_arg(p)
     args = p.parse_args(argv)
     if any(b < 0 or b >= args.workers for b in args.backups):
         p.error("--backups must be between 0 and workers-1 (%d)"
