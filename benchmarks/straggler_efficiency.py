@@ -32,7 +32,9 @@ Definitions (all from the run directories; times in seconds):
   <= 1.1 for b >= 1 (reported, not a gate). Also reported: the injected
   run's mean step time over base (the raw slowdown).
 A pause delays the worker's current computation and then its gradient is
-often stale (dropped), so the ideal is optimistic by design.
+often stale (dropped), so the ideal is optimistic by design. A run that
+fails or outlives `--timeout_s` is stopped and listed under `failed` with
+its error; its pair is left out of the ratios.
 """
 from benchmarks import common  # first: pins Keras 2 before TensorFlow
 
@@ -166,7 +168,9 @@ def parse_args(argv):
     p.add_argument("--train_updates", type=common.positive_int, default=150)
     p.add_argument("--warmup_steps", type=int, default=5)
     p.add_argument("--stragglers", default=DEFAULT_STRAGGLERS)
-    p.add_argument("--timeout_s", type=common.positive_float, default=900.0)
+    p.add_argument("--timeout_s", type=common.positive_float, default=300.0,
+                   help="per run; a run past it is stopped and recorded as "
+                   "failed")
     p.add_argument("--out", default=os.path.join(common.RESULTS_DIR,
                                                  "straggler_efficiency"))
     p.add_argument("--run_root", default=os.path.join(
@@ -196,38 +200,56 @@ def main(argv=None):
     pairs = [(b, kind) for b in args.backups for kind in ("clean",
                                                           "injected")]
     runs = {}
-    try:
-        for seed, (b, kind) in common.interleaved(args.seeds, pairs):
-            common.say("run b=%d %s seed %d ..." % (b, kind, seed))
+    # A failed or timed-out run is recorded with its error and its pair left
+    # out of the ratios, so one hang does not lose the other measurements.
+    for seed, (b, kind) in common.interleaved(args.seeds, pairs):
+        common.say("run b=%d %s seed %d ..." % (b, kind, seed))
+        try:
             r = run_pair_member(args, b, seed, kind)
-            runs[(b, kind, seed)] = r
+        except common.BenchmarkError as e:
+            r = {"error": str(e)[-3000:]}
+            common.say("  FAILED: %s" % str(e).splitlines()[0])
+        else:
             common.say("  %d updates in %.1f s, gRPC stalls %d" % (
                 r["summary"]["updates"], r["summary"]["train_time_s"],
                 r["grpc_stalls"]))
-        results = []
-        for seed in args.seeds:
-            for b in args.backups:
-                clean, injected = runs[(b, "clean", seed)], \
-                    runs[(b, "injected", seed)]
+        runs[(b, kind, seed)] = r
+    results, failed = [], []
+    for seed in args.seeds:
+        for b in args.backups:
+            clean, injected = runs[(b, "clean", seed)], \
+                runs[(b, "injected", seed)]
+            errors = {k: r["error"] for k, r in (("clean", clean),
+                                                  ("injected", injected))
+                      if "error" in r}
+            if errors:
+                failed.append({"backups": b, "seed": seed, "errors": errors})
+                continue
+            try:
                 e = efficiency(clean["run_dir"], injected["run_dir"],
                                args.workers, args.workers - b,
                                args.warmup_steps)
-                results.append(dict(
-                    e, backups=b, seed=seed,
-                    replicas_to_aggregate=args.workers - b,
-                    workers=args.workers,
-                    grpc_stalls=clean["grpc_stalls"]
-                    + injected["grpc_stalls"],
-                    wasted_share_injected=injected["summary"]
-                    ["wasted_share"],
-                    run_dirs=[clean["run_dir"], injected["run_dir"]]))
-    except common.BenchmarkError as e:
-        sys.stderr.write("straggler_efficiency: error: %s\n" % e)
-        return 1
+            except common.BenchmarkError as err:
+                failed.append({"backups": b, "seed": seed,
+                               "errors": {"analysis": str(err)}})
+                continue
+            results.append(dict(
+                e, backups=b, seed=seed,
+                replicas_to_aggregate=args.workers - b,
+                workers=args.workers,
+                grpc_stalls=clean["grpc_stalls"] + injected["grpc_stalls"],
+                wasted_share_injected=injected["summary"]["wasted_share"],
+                run_dirs=[clean["run_dir"], injected["run_dir"]]))
     summary = {}
     for b in args.backups:
         mine = [r for r in results if r["backups"] == b]
+        if not mine:
+            summary["b%d" % b] = {"pairs": 0, "failed_pairs": sum(
+                f["backups"] == b for f in failed)}
+            continue
         summary["b%d" % b] = {
+            "pairs": len(mine),
+            "failed_pairs": sum(f["backups"] == b for f in failed),
             "efficiency_ratio_mean": common.mean(
                 [r["efficiency_ratio"] for r in mine]),
             "efficiency_ratio_each": [r["efficiency_ratio"] for r in mine],
@@ -247,17 +269,21 @@ def main(argv=None):
                        if k != "straggler_entries"},
               "stragglers": args.straggler_entries,
               "machine": common.machine_end(machine), "target_ratio": 1.1,
-              "summary": summary, "results": results}
+              "summary": summary, "results": results, "failed": failed}
     path = common.write_report(args.out, report)
-    plot(results, args.out + ".png")
+    if results:
+        plot(results, args.out + ".png")
     for r in results:
         common.say("b=%d seed %d: base %.3f s, measured %.3f s, ideal %.3f s "
                    "-> measured/ideal %.2f, measured/clean %.2f" % (
                        r["backups"], r["seed"], r["base_step_s"],
                        r["measured_step_s"], r["ideal_step_s"],
                        r["efficiency_ratio"], r["slowdown_vs_clean"]))
+    for f in failed:
+        common.say("b=%d seed %d: FAILED (%s)" % (
+            f["backups"], f["seed"], ", ".join(f["errors"])))
     common.say("wrote %s and %s.png" % (path, args.out))
-    return 0
+    return 1 if not results else 0
 
 
 if __name__ == "__main__":
