@@ -34,7 +34,8 @@ Definitions (all from the run directories; times in seconds):
 A pause delays the worker's current computation and then its gradient is
 often stale (dropped), so the ideal is optimistic by design. A run that
 fails or outlives `--timeout_s` is stopped and listed under `failed` with
-its error; its pair is left out of the ratios.
+its error (`run_errors`); the steps its telemetry recorded are still
+measured, and a pair with no measurable steps is listed under `failed`.
 """
 from benchmarks import common  # first: pins Keras 2 before TensorFlow
 
@@ -107,19 +108,22 @@ def efficiency(clean_dir, injected_dir, workers, n, warmup):
             "per_step": per_step}
 
 
+def run_dir_of(args, b, seed, kind):
+    return os.path.join(args.run_root, "eff-b%d-%s-s%d" % (b, kind, seed))
+
+
 def run_pair_member(args, b, seed, kind):
     n = args.workers - b
     stragglers = (common.with_seed(args.straggler_entries, seed)
                   if kind == "injected" else [])
-    name = "eff-b%d-%s-s%d" % (b, kind, seed)
-    spec = common.base_spec(name, args.workers, n, stragglers,
-                            keepalive_ms=args.grpc_keepalive_ms)
+    run_dir = run_dir_of(args, b, seed, kind)
+    spec = common.base_spec(os.path.basename(run_dir), args.workers, n,
+                            stragglers, keepalive_ms=args.grpc_keepalive_ms)
     flags = ["--mode=sync", "--seed=%d" % seed,
              "--train_updates=%d" % args.train_updates,
              "--eval_every_updates=%d" % args.train_updates,
              "--checkpoint_every_updates=0"]
-    return common.launch(spec, os.path.join(args.run_root, name), flags,
-                         args.timeout_s)
+    return common.launch(spec, run_dir, flags, args.timeout_s)
 
 
 def plot(results, path):
@@ -200,14 +204,16 @@ def main(argv=None):
     pairs = [(b, kind) for b in args.backups for kind in ("clean",
                                                           "injected")]
     runs = {}
-    # A failed or timed-out run is recorded with its error and its pair left
-    # out of the ratios, so one hang does not lose the other measurements.
+    # A failed or timed-out run is recorded with its error, so one hang does
+    # not lose the other measurements.
     for seed, (b, kind) in common.interleaved(args.seeds, pairs):
         common.say("run b=%d %s seed %d ..." % (b, kind, seed))
         try:
             r = run_pair_member(args, b, seed, kind)
         except common.BenchmarkError as e:
-            r = {"error": str(e)[-3000:]}
+            r = {"error": str(e)[-3000:], "grpc_stalls": 0,
+                 "run_dir": run_dir_of(args, b, seed, kind),
+                 "summary": {"wasted_share": None}}
             common.say("  FAILED: %s" % str(e).splitlines()[0])
         else:
             common.say("  %d updates in %.1f s, gRPC stalls %d" % (
@@ -219,24 +225,23 @@ def main(argv=None):
         for b in args.backups:
             clean, injected = runs[(b, "clean", seed)], \
                 runs[(b, "injected", seed)]
+            # A run stopped at its timeout (seen: hung at an interval's end)
+            # still has the telemetry of the steps it made: measure those.
             errors = {k: r["error"] for k, r in (("clean", clean),
                                                   ("injected", injected))
                       if "error" in r}
-            if errors:
-                failed.append({"backups": b, "seed": seed, "errors": errors})
-                continue
             try:
                 e = efficiency(clean["run_dir"], injected["run_dir"],
                                args.workers, args.workers - b,
                                args.warmup_steps)
-            except common.BenchmarkError as err:
-                failed.append({"backups": b, "seed": seed,
-                               "errors": {"analysis": str(err)}})
+            except (common.BenchmarkError, OSError, KeyError) as err:
+                errors["analysis"] = str(err)
+                failed.append({"backups": b, "seed": seed, "errors": errors})
                 continue
             results.append(dict(
                 e, backups=b, seed=seed,
                 replicas_to_aggregate=args.workers - b,
-                workers=args.workers,
+                workers=args.workers, run_errors=errors,
                 grpc_stalls=clean["grpc_stalls"] + injected["grpc_stalls"],
                 wasted_share_injected=injected["summary"]["wasted_share"],
                 run_dirs=[clean["run_dir"], injected["run_dir"]]))
