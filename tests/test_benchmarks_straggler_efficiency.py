@@ -22,7 +22,7 @@ def test_straggler_efficiency_smoke(tmp_path):
         (2, 1, 1)
     assert r["clean_steps"] > 0 and r["injected_steps"] > 0
     assert r["base_step_s"] > 0 and r["measured_step_s"] > 0
-    assert r["ideal_step_s"] >= r["base_step_s"]
+    assert r["ideal_step_s"] >= r["base_step_s"] - 1e-9  # a mean of sums
     assert r["efficiency_ratio"] > 0 and r["slowdown_vs_clean"] > 0
     assert all(p["ideal_s"] == pytest.approx(r["base_step_s"]
                                              + p["nth_delay_s"])
