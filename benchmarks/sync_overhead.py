@@ -169,15 +169,18 @@ def _runs(w, seconds, batch, spc):
     }
 
 
+RATIOS = {  # name: (numerator config, denominator config, rate)
+    "ps_sync_vs_tf1_updates": ("ps_sync", "tf1_sync", "updates_per_s"),
+    "ps_sync_vs_async_pushes": ("ps_sync", "async", "pushes_per_s"),
+    "ps_sync_b1_vs_async_pushes": ("ps_sync_b1", "async", "pushes_per_s"),
+}
+
+
 def _ratios(results):
-    return {
-        "ps_sync_vs_tf1_updates": results["ps_sync"]["updates_per_s"]
-        / results["tf1_sync"]["updates_per_s"],
-        "ps_sync_vs_async_pushes": results["ps_sync"]["pushes_per_s"]
-        / results["async"]["pushes_per_s"],
-        "ps_sync_b1_vs_async_pushes": results["ps_sync_b1"]["pushes_per_s"]
-        / results["async"]["pushes_per_s"],
-    }
+    """The ratios whose two configurations ran (--configs may omit some)."""
+    return {name: results[a][rate] / results[b][rate]
+            for name, (a, b, rate) in RATIOS.items()
+            if a in results and b in results}
 
 
 def main(argv=None):
@@ -191,6 +194,9 @@ def main(argv=None):
     parser.add_argument("--steps_per_closure", type=int, default=1,
                         help="pushes per scheduled closure for the TF2 runs, "
                         "like model.fit's steps_per_execution")
+    parser.add_argument("--configs", default=None,
+                        help="comma-separated subset of tf1_sync, ps_sync, "
+                        "ps_sync_b1, async (default: all four)")
     parser.add_argument("--out", default="benchmarks/results/sync_overhead")
     args = parser.parse_args(argv)
     if args.workers < 2:
@@ -204,6 +210,13 @@ def main(argv=None):
 
     machine = common.machine_start()
     names = list(_runs(args.workers, args.seconds, batches[0], 1))
+    if args.configs:
+        chosen = [c.strip() for c in args.configs.split(",") if c.strip()]
+        unknown = [c for c in chosen if c not in names]
+        if unknown or not chosen:
+            parser.error("--configs: unknown %s; known: %s" % (
+                ", ".join(unknown) or "(none given)", ", ".join(names)))
+        names = [n for n in names if n in chosen]
     by_batch = {b: {} for b in batches}
     # Configuration by configuration, the batch sizes rotated each time.
     for i, name in enumerate(names):
