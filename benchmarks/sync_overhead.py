@@ -1,6 +1,7 @@
 """Protocol overhead against the anchors, same model and cluster, one run.
 
   python -m benchmarks.sync_overhead [--workers 3] [--seconds 20]
+      [--batch_sizes 32,256]
 
 Each configuration runs in a fresh interpreter with its own in-process
 cluster (1 PS + W workers as tf.distribute.Server objects):
@@ -13,12 +14,16 @@ cluster (1 PS + W workers as tf.distribute.Server objects):
   async      plain ParameterServerStrategy, the wrapped optimizer alone.
 Reported: updates/s (applied updates), pushes/s (gradients sent), and the
 share of gradient computations wasted (pushes that were dropped). Numbers are
-measurements on this machine, not gates.
+measurements on this machine, not gates. With several `--batch_sizes` the
+four configurations run once per batch size, interleaved (configuration by
+configuration, batch sizes in a rotating order) so load changes on a shared
+machine hit every batch size alike.
 """
+from benchmarks import common  # first: pins Keras 2 before TensorFlow
+
 import argparse
 import json
 import os
-import platform
 import sys
 import threading
 import time
@@ -147,84 +152,127 @@ def _tf2(workers, seconds, batch, mode, replicas, steps_per_closure=1):
     return result
 
 
+def _runs(w, seconds, batch, spc):
+    return {
+        "tf1_sync": (HERE + ":_tf1_sync",
+                     dict(workers=w, seconds=seconds, batch=batch)),
+        "ps_sync": (HERE + ":_tf2", dict(workers=w, seconds=seconds,
+                                         batch=batch, mode="sync",
+                                         replicas=w, steps_per_closure=spc)),
+        "ps_sync_b1": (HERE + ":_tf2", dict(workers=w, seconds=seconds,
+                                            batch=batch, mode="sync",
+                                            replicas=w - 1,
+                                            steps_per_closure=spc)),
+        "async": (HERE + ":_tf2", dict(workers=w, seconds=seconds,
+                                       batch=batch, mode="async",
+                                       replicas=w, steps_per_closure=spc)),
+    }
+
+
+RATIOS = {  # name: (numerator config, denominator config, rate)
+    "ps_sync_vs_tf1_updates": ("ps_sync", "tf1_sync", "updates_per_s"),
+    "ps_sync_vs_async_pushes": ("ps_sync", "async", "pushes_per_s"),
+    "ps_sync_b1_vs_async_pushes": ("ps_sync_b1", "async", "pushes_per_s"),
+}
+
+
+def _ratios(results):
+    """The ratios whose two configurations ran (--configs may omit some)."""
+    return {name: results[a][rate] / results[b][rate]
+            for name, (a, b, rate) in RATIOS.items()
+            if a in results and b in results}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batch", type=common.positive_int, default=32)
+    parser.add_argument("--batch_sizes", type=common.int_list, default=None,
+                        help="comma-separated batch sizes per worker, run "
+                        "interleaved in one invocation (default: --batch)")
     parser.add_argument("--steps_per_closure", type=int, default=1,
                         help="pushes per scheduled closure for the TF2 runs, "
                         "like model.fit's steps_per_execution")
+    parser.add_argument("--configs", default=None,
+                        help="comma-separated subset of tf1_sync, ps_sync, "
+                        "ps_sync_b1, async (default: all four)")
     parser.add_argument("--out", default="benchmarks/results/sync_overhead")
     args = parser.parse_args(argv)
+    if args.workers < 2:
+        parser.error("--workers must be at least 2 (ps_sync_b1 needs a "
+                     "backup)")
+    batches = args.batch_sizes or [args.batch]
+    if any(b < 1 for b in batches):
+        parser.error("--batch_sizes must be positive")
     sys.path.insert(0, os.getcwd())
     from ps_sync.testing import fresh_interpreter
 
-    w, spc = args.workers, args.steps_per_closure
-    runs = {
-        "tf1_sync": (HERE + ":_tf1_sync",
-                     dict(workers=w, seconds=args.seconds, batch=args.batch)),
-        "ps_sync": (HERE + ":_tf2", dict(workers=w, seconds=args.seconds,
-                                         batch=args.batch, mode="sync",
-                                         replicas=w,
-                                         steps_per_closure=spc)),
-        "ps_sync_b1": (HERE + ":_tf2", dict(workers=w, seconds=args.seconds,
-                                            batch=args.batch, mode="sync",
-                                            replicas=w - 1,
-                                            steps_per_closure=spc)),
-        "async": (HERE + ":_tf2", dict(workers=w, seconds=args.seconds,
-                                       batch=args.batch, mode="async",
-                                       replicas=w, steps_per_closure=spc)),
-    }
-    results = {}
-    for name, (target, kwargs) in runs.items():
-        r = fresh_interpreter.run(target, kwargs,
-                                  timeout=args.seconds * 3 + 180)
-        r["updates_per_s"] = r["updates"] / r["seconds"]
-        r["pushes_per_s"] = r["pushes"] / r["seconds"]
-        results[name] = r
-        print("%-11s %7.1f updates/s %7.1f pushes/s%s" % (
-            name, r["updates_per_s"], r["pushes_per_s"],
-            "  wasted %.0f%%" % (100 * r["wasted_share"])
-            if r.get("wasted_share") is not None else ""), flush=True)
-    ratios = {
-        "ps_sync_vs_tf1_updates": results["ps_sync"]["updates_per_s"]
-        / results["tf1_sync"]["updates_per_s"],
-        "ps_sync_vs_async_pushes": results["ps_sync"]["pushes_per_s"]
-        / results["async"]["pushes_per_s"],
-        "ps_sync_b1_vs_async_pushes": results["ps_sync_b1"]["pushes_per_s"]
-        / results["async"]["pushes_per_s"],
-    }
-    for k, v in ratios.items():
-        print("%-28s %.2f" % (k, v))
+    machine = common.machine_start()
+    names = list(_runs(args.workers, args.seconds, batches[0], 1))
+    if args.configs:
+        chosen = [c.strip() for c in args.configs.split(",") if c.strip()]
+        unknown = [c for c in chosen if c not in names]
+        if unknown or not chosen:
+            parser.error("--configs: unknown %s; known: %s" % (
+                ", ".join(unknown) or "(none given)", ", ".join(names)))
+        names = [n for n in names if n in chosen]
+    by_batch = {b: {} for b in batches}
+    # Configuration by configuration, the batch sizes rotated each time.
+    for i, name in enumerate(names):
+        k = i % len(batches)
+        for batch in batches[k:] + batches[:k]:
+            target, kwargs = _runs(args.workers, args.seconds, batch,
+                                   args.steps_per_closure)[name]
+            r = fresh_interpreter.run(target, kwargs,
+                                      timeout=args.seconds * 3 + 180)
+            r["updates_per_s"] = r["updates"] / r["seconds"]
+            r["pushes_per_s"] = r["pushes"] / r["seconds"]
+            by_batch[batch][name] = r
+            print("batch %-4d %-11s %7.1f updates/s %7.1f pushes/s%s" % (
+                batch, name, r["updates_per_s"], r["pushes_per_s"],
+                "  wasted %.0f%%" % (100 * r["wasted_share"])
+                if r.get("wasted_share") is not None else ""), flush=True)
+    ratios_by_batch = {b: _ratios(by_batch[b]) for b in batches}
+    for b in batches:
+        for k, v in ratios_by_batch[b].items():
+            print("batch %-4d %-28s %.2f" % (b, k, v))
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    report = {"args": vars(args), "machine": {
-        "cpus": os.cpu_count(), "python": platform.python_version(),
-        "platform": platform.platform()}, "results": results,
-        "ratios": ratios}
+    report = {"args": vars(args), "machine": common.machine_end(machine),
+              # The first batch size, as before --batch_sizes existed.
+              "results": {n: by_batch[batches[0]][n] for n in names},
+              "ratios": ratios_by_batch[batches[0]],
+              "results_by_batch": {str(b): by_batch[b] for b in batches},
+              "ratios_by_batch": {str(b): ratios_by_batch[b]
+                                  for b in batches}}
     with open(args.out + ".json", "w") as f:
         json.dump(report, f, indent=2)
-    _plot(results, args.out + ".png")
+    _plot(by_batch, args.out + ".png")
     print("wrote %s.json and %s.png" % (args.out, args.out))
 
 
-def _plot(results, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    names = list(results)
-    fig, ax = plt.subplots(figsize=(6, 3))
-    x = range(len(names))
-    ax.bar([i - 0.2 for i in x], [results[n]["updates_per_s"] for n in names],
-           0.4, label="updates/s")
-    ax.bar([i + 0.2 for i in x], [results[n]["pushes_per_s"] for n in names],
-           0.4, label="pushes/s")
-    ax.set_xticks(list(x))
-    ax.set_xticklabels(names)
-    ax.legend()
-    ax.set_title("same model, same in-process cluster")
+def _plot(by_batch, path):
+    plt = common.pyplot()
+    batches = list(by_batch)
+    fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches), 3),
+                             squeeze=False)
+    for ax, batch in zip(axes[0], batches):
+        results = by_batch[batch]
+        names = list(results)
+        x = range(len(names))
+        ax.bar([i - 0.2 for i in x],
+               [results[n]["updates_per_s"] for n in names], 0.4,
+               label="updates/s")
+        ax.bar([i + 0.2 for i in x],
+               [results[n]["pushes_per_s"] for n in names], 0.4,
+               label="pushes/s")
+        ax.set_xticks(list(x))
+        ax.set_xticklabels(names, fontsize=8)
+        ax.legend(fontsize=8)
+        ax.set_title("batch %d per worker, same in-process cluster" % batch)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

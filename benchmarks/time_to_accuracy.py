@@ -1,0 +1,280 @@
+"""Time to accuracy: asynchronous vs synchronous (b = 0) vs synchronous with
+backups, same machines, same injected stragglers, one invocation.
+
+  python -m benchmarks.time_to_accuracy [--seeds 0,1,2] [--workers 3]
+      [--backups 1] [--target 0.97] [--train_epochs 6]
+
+Every run is a real local cluster started by the launcher (1 chief, 1 PS,
+W worker processes; gRPC over loopback) training small_cnn on scikit-learn's
+digits with models.train and its default recipe (Adam 0.003, batch 32 per
+worker). The variants share the W workers:
+  async     plain ParameterServerStrategy, W workers (--mode=async)
+  sync_b0   SyncReplicasWithBackups, N = W, b = 0
+  sync_b<b> SyncReplicasWithBackups, N = W - b, b backups
+The straggler schedule (default: the one of cluster_specs/local_no_backup.json,
+put on the last worker) is the same for every variant of a seed: same
+distribution and same RNG seed, so the same sequence of pauses (their
+alignment with training differs from run to run). Runs are interleaved
+round-robin over seeds.
+
+Every variant trains for the same number of epochs of *applied* examples
+(an async update applies one batch, a sync update N) and evaluates on the
+chief every `--eval_every_examples` applied examples (so each variant
+evaluates as often per epoch). Measured, per run:
+  time_to_target_s  training time (from model.fit's start; includes tracing
+                    and the evaluations) at the first evaluation with test
+                    precision@1 >= target; None if never reached.
+  final_top1        test precision@1 after the last update.
+Caveat (measured setup, not the paper's): the training program ends each
+evaluation interval with a join of all scheduled closures, so an interval
+end waits for a paused worker's closure in every variant, backups included.
+"""
+import argparse
+import os
+import sys
+
+from benchmarks import common
+
+DEFAULT_STRAGGLERS = os.path.join(common.REPO_ROOT, "cluster_specs",
+                                  "local_no_backup.json")
+BATCH = 32  # small_cnn's recipe batch per worker (models/recipes.py)
+
+
+def variants(workers, backups):
+    """name -> (mode, N)."""
+    out = {"async": ("async", workers), "sync_b0": ("sync", workers)}
+    for b in backups:
+        if b > 0:
+            out["sync_b%d" % b] = ("sync", workers - b)
+    return out
+
+
+def eval_every_updates(mode, n, eval_every_examples):
+    per_update = BATCH * (n if mode == "sync" else 1)
+    return max(1, round(eval_every_examples / per_update))
+
+
+def time_to_target(history, target):
+    for h in history:
+        if h["update"] > 0 and h["top1"] >= target:
+            return h["elapsed_s"]
+    return None
+
+
+def first_update_s(run_dir, history):
+    """Sync only: from the fit start (the update-0 evaluation's end, just
+    before model.fit) to the first applied update (telemetry)."""
+    steps = common.read_jsonl(os.path.join(run_dir, "steps.jsonl"))
+    start = [h["time"] for h in history if h["update"] == 0]
+    if not steps or not start:
+        return None
+    return min(s["closed_at"] for s in steps) - start[0]
+
+
+def run_one(args, name, mode, n, seed, stragglers, run_root):
+    spec = common.base_spec("tta-%s-s%d" % (name, seed), args.workers, n,
+                            common.with_seed(stragglers, seed),
+                            keepalive_ms=args.grpc_keepalive_ms)
+    flags = ["--mode=%s" % mode, "--seed=%d" % seed,
+             "--train_epochs=%g" % args.train_epochs,
+             "--eval_every_updates=%d" % eval_every_updates(
+                 mode, n, args.eval_every_examples),
+             "--checkpoint_every_updates=0",
+             "--target_accuracy=%g" % args.target]
+    r = common.launch(spec, os.path.join(run_root, "%s-s%d" % (name, seed)),
+                      flags, args.timeout_s)
+    s = r["summary"]
+    history = s["eval_history"]
+    return {
+        "variant": name, "seed": seed, "mode": mode,
+        "replicas_to_aggregate": n if mode == "sync" else 1,
+        "workers": args.workers, "updates": s["updates"],
+        "train_time_s": s["train_time_s"], "wall_s": round(r["wall_s"], 2),
+        "time_to_target_s": time_to_target(history, args.target),
+        "final_top1": s["test_accuracy"]["top1"],
+        "best_top1": max(h["top1"] for h in history),
+        "wasted_share": s["wasted_share"],
+        "first_update_s": (first_update_s(r["run_dir"], history)
+                           if mode == "sync" else None),
+        "pauses": s["pauses"], "grpc_stalls": r["grpc_stalls"],
+        "run_dir": r["run_dir"],
+        "curve": [[h["elapsed_s"], h["update"], h["top1"]] for h in history],
+    }
+
+
+def aggregate(runs, names, target):
+    out = {}
+    for name in names:
+        mine = [r for r in runs if r["variant"] == name]
+        times = [r["time_to_target_s"] for r in mine]
+        out[name] = {
+            "runs": len(mine),
+            "reached_target": sum(t is not None for t in times),
+            "time_to_target_s_mean": common.mean(times),
+            "time_to_target_s_each": times,
+            "final_top1_mean": common.mean([r["final_top1"] for r in mine]),
+            "final_top1_each": [r["final_top1"] for r in mine],
+            "train_time_s_mean": common.mean([r["train_time_s"]
+                                              for r in mine]),
+            "grpc_stalls": sum(r["grpc_stalls"] for r in mine)}
+    return out
+
+
+def ratios(runs, names):
+    """Per seed, time to target of each sync-with-backups variant over
+    async's and over sync_b0's (seeds where both reached the target)."""
+    out = {}
+    by = {(r["variant"], r["seed"]): r for r in runs}
+    seeds = sorted({r["seed"] for r in runs})
+    for name in names:
+        if not name.startswith("sync_b") or name == "sync_b0":
+            continue
+        for other in ("async", "sync_b0"):
+            values = []
+            for seed in seeds:
+                a, b = by.get((name, seed)), by.get((other, seed))
+                if a and b and a["time_to_target_s"] and \
+                        b["time_to_target_s"]:
+                    values.append(a["time_to_target_s"]
+                                  / b["time_to_target_s"])
+            out["%s_over_%s_time_to_target" % (name, other)] = {
+                "each_seed": values, "mean": common.mean(values)}
+    return out
+
+
+def plot(runs, names, target, path):
+    plt = common.pyplot()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
+    colours = dict(zip(names, ["tab:red", "tab:blue", "tab:green",
+                               "tab:purple", "tab:orange"]))
+    for r in runs:
+        xs = [c[0] for c in r["curve"]]
+        ys = [c[2] for c in r["curve"]]
+        ax.plot(xs, ys, color=colours[r["variant"]], alpha=0.7, marker=".",
+                label=r["variant"] if r["seed"] == runs[0]["seed"] else None)
+    ax.axhline(target, color="grey", linestyle="--", linewidth=1)
+    ax.set_ylim(0.8, 1.0)
+    ax.set_xlabel("training time (s)")
+    ax.set_ylabel("test precision@1")
+    ax.set_title("digits, same workers and stragglers")
+    ax.legend(fontsize=8, loc="lower right")
+    for i, name in enumerate(names):
+        times = [r["time_to_target_s"] for r in runs if r["variant"] == name]
+        got = [t for t in times if t is not None]
+        if got:
+            bx.bar(i, sum(got) / len(got), color=colours[name], alpha=0.5)
+        bx.scatter([i] * len(got), got, color=colours[name], zorder=3)
+        bx.annotate("%d/%d" % (len(got), len(times)), (i, 0),
+                    textcoords="offset points", xytext=(-8, 3), fontsize=8)
+    bx.set_xticks(range(len(names)))
+    bx.set_xticklabels(names)
+    bx.set_ylabel("time to %.2f test accuracy (s)" % target)
+    bx.set_title("mean (bar) and each seed (dots)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.time_to_accuracy",
+        description="Time to a target test accuracy: async vs sync b=0 vs "
+        "sync with backups on a local cluster with injected stragglers.")
+    p.add_argument("--seeds", type=common.int_list, default=[0, 1, 2])
+    p.add_argument("--workers", type=common.positive_int, default=3)
+    p.add_argument("--backups", type=common.int_list, default=[1],
+                   help="b values for the sync-with-backups variants")
+    p.add_argument("--variants", default=None,
+                   help="comma-separated subset of the variants to run "
+                   "(default: all)")
+    p.add_argument("--target", type=common.fraction, default=0.97)
+    p.add_argument("--train_epochs", type=common.positive_float, default=6.0)
+    p.add_argument("--eval_every_examples", type=common.positive_int,
+                   default=640)
+    p.add_argument("--stragglers", default=DEFAULT_STRAGGLERS,
+                   help="cluster spec whose straggler entries to use")
+    p.add_argument("--timeout_s", type=common.positive_float, default=900.0,
+                   help="per run")
+    p.add_argument("--out", default=os.path.join(common.RESULTS_DIR,
+                                                 "time_to_accuracy"))
+    p.add_argument("--run_root", default=os.path.join(common.RUN_ROOT,
+                                                      "time_to_accuracy"))
+    common.add_keepalive_arg(p)
+    args = p.parse_args(argv)
+    if any(b < 0 or b >= args.workers for b in args.backups):
+        p.error("--backups must be between 0 and workers-1 (%d)"
+                % (args.workers - 1))
+    all_variants = variants(args.workers, args.backups)
+    if args.variants:
+        chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
+        unknown = [v for v in chosen if v not in all_variants]
+        if unknown or not chosen:
+            p.error("--variants: unknown %s; known: %s" % (
+                ", ".join(unknown) or "(none given)",
+                ", ".join(all_variants)))
+        args.variant_table = {v: all_variants[v] for v in chosen}
+    else:
+        args.variant_table = all_variants
+    if not os.path.isfile(args.stragglers):
+        p.error("--stragglers: no such file %r" % args.stragglers)
+    try:
+        args.straggler_entries = common.stragglers_from(args.stragglers,
+                                                        args.workers)
+    except (ValueError, OSError) as e:
+        p.error("--stragglers: %s" % e)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    common.exit_on_sigterm()
+    names = list(args.variant_table)
+    machine = common.machine_start()
+    runs = []
+    for seed, name in common.interleaved(args.seeds, names):
+        mode, n = args.variant_table[name]
+        common.say("run %s seed %d ..." % (name, seed))
+        try:
+            r = run_one(args, name, mode, n, seed, args.straggler_entries,
+                        args.run_root)
+        except common.BenchmarkError as e:
+            sys.stderr.write("time_to_accuracy: error: %s\n" % e)
+            return 1
+        runs.append(r)
+        common.say("  %s seed %d: target %s at %s s, final %.4f, %d updates "
+                   "in %.1f s, gRPC stalls %d" % (
+                       name, seed, args.target,
+                       "%.1f" % r["time_to_target_s"]
+                       if r["time_to_target_s"] is not None else "never",
+                       r["final_top1"], r["updates"], r["train_time_s"],
+                       r["grpc_stalls"]))
+    report = {
+        "benchmark": "time_to_accuracy", "command": " ".join(
+            ["python -m benchmarks.time_to_accuracy"] + list(argv or
+                                                              sys.argv[1:])),
+        "args": {k: v for k, v in vars(args).items()
+                 if k not in ("variant_table", "straggler_entries")},
+        "variants": {k: {"mode": m, "replicas_to_aggregate": n,
+                         "workers": args.workers}
+                     for k, (m, n) in args.variant_table.items()},
+        "stragglers": args.straggler_entries,
+        "machine": common.machine_end(machine),
+        "runs": runs, "summary": aggregate(runs, names, args.target),
+        "ratios": ratios(runs, names)}
+    path = common.write_report(args.out, report)
+    plot(runs, names, args.target, args.out + ".png")
+    for name, s in report["summary"].items():
+        common.say("%-8s reached %d/%d, time to target mean %s s, final "
+                   "top1 mean %.4f" % (
+                       name, s["reached_target"], s["runs"],
+                       "%.1f" % s["time_to_target_s_mean"]
+                       if s["time_to_target_s_mean"] is not None else "-",
+                       s["final_top1_mean"]))
+    for k, v in report["ratios"].items():
+        common.say("%s: %s" % (k, "%.2f" % v["mean"] if v["mean"] else "-"))
+    common.say("wrote %s and %s.png" % (path, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""benchmarks/sync_overhead.py with tiny settings: ps_sync (b=0) and async
+at two batch sizes, one second each, every one in a fresh interpreter with
+its own in-process cluster (four interpreters; all four configurations at
+two batch sizes took 4 minutes on 2 shared cores)."""
+import pytest
+
+from tests import benchmark_run
+
+MODULE = "benchmarks.sync_overhead"
+CONFIGS = {"ps_sync", "async"}
+
+
+@pytest.mark.timeout(300)
+def test_sync_overhead_two_batch_sizes(tmp_path):
+    out = str(tmp_path / "overhead")
+    code, output, report = benchmark_run.run(MODULE, [
+        "--workers", "2", "--seconds", "1", "--batch_sizes", "8,64",
+        "--configs", "ps_sync,async", "--out", out], timeout=290)
+    assert code == 0, output[-3000:]
+    benchmark_run.assert_machine(report)
+    assert set(report["results_by_batch"]) == {"8", "64"}
+    for batch, results in report["results_by_batch"].items():
+        assert set(results) == CONFIGS
+        for r in results.values():
+            assert r["updates"] > 0 and r["pushes_per_s"] > 0
+        assert set(report["ratios_by_batch"][batch]) == {
+            "ps_sync_vs_async_pushes"}
+    assert report["results"] == report["results_by_batch"]["8"]
+    benchmark_run.assert_png(out + ".png")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("args, message", [
+    (["--batch_sizes", "8,x"], "expected comma-separated integers"),
+    (["--batch_sizes", "0"], "--batch_sizes must be positive"),
+    (["--workers", "1"], "--workers must be at least 2"),
+    (["--configs", "tf2"], "--configs: unknown tf2"),
+])
+def test_sync_overhead_bad_input(tmp_path, args, message):
+    code, output, _ = benchmark_run.run(
+        MODULE, args + ["--out", str(tmp_path / "x")], timeout=50)
+    assert code == 2 and message in output
+    assert "Traceback" not in output

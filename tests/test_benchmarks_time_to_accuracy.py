@@ -1,0 +1,44 @@
+"""benchmarks/time_to_accuracy.py with tiny settings: one real local
+cluster (sync, 2 workers, N=1 + 1 backup, the default straggler on
+worker-1) for half an epoch; the JSON holds the run and its summary."""
+import pytest
+
+from tests import benchmark_run
+
+MODULE = "benchmarks.time_to_accuracy"
+
+
+@pytest.mark.timeout(180)
+def test_time_to_accuracy_smoke(tmp_path):
+    out = str(tmp_path / "tta")
+    code, output, report = benchmark_run.run(MODULE, [
+        "--variants", "sync_b1", "--workers", "2", "--backups", "1",
+        "--seeds", "0", "--train_epochs", "0.5", "--eval_every_examples",
+        "320", "--target", "0.5", "--out", out,
+        "--run_root", str(tmp_path / "runs")], timeout=170)
+    assert code == 0, output[-3000:]
+    benchmark_run.assert_machine(report)
+    assert report["variants"]["sync_b1"] == {
+        "mode": "sync", "replicas_to_aggregate": 1, "workers": 2}
+    assert report["stragglers"][0]["task"] == "worker-1"
+    [run] = report["runs"]
+    assert run["updates"] > 0 and 0.0 <= run["final_top1"] <= 1.0
+    assert run["train_time_s"] > 0 and run["grpc_stalls"] >= 0
+    assert len(run["curve"]) >= 2
+    summary = report["summary"]["sync_b1"]
+    assert summary["runs"] == 1 and 0.0 <= summary["final_top1_mean"] <= 1.0
+    benchmark_run.assert_png(out + ".png")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("args, message", [
+    (["--variants", "sync_b7"], "--variants: unknown sync_b7"),
+    (["--backups", "3"], "--backups must be between 0 and workers-1"),
+    (["--target", "1.5"], "must be in (0, 1]"),
+    (["--stragglers", "/nonexistent.json"], "--stragglers: no such file"),
+])
+def test_time_to_accuracy_bad_input(tmp_path, args, message):
+    code, output, _ = benchmark_run.run(
+        MODULE, args + ["--out", str(tmp_path / "x")], timeout=50)
+    assert code == 2 and message in output
+    assert "Traceback" not in output
