@@ -36,9 +36,11 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVER_JOBS = ("ps", "worker")
 PROGRAM_JOBS = ("chief", "evaluator")
 # A dead peer is noticed after keepalive_time + keepalive_timeout instead of
-# an in-flight call hanging; long enough that a paused straggler is "slow",
-# not "dead".
-DEFAULT_GRPC_OPTIONS = {"grpc.keepalive_time_ms": 30000,
+# an in-flight call hanging. Not more often than every 300 s: gRPC servers
+# refuse pings more frequent than that on a connection without data ("too
+# many pings") and drop the channel, which stalled or failed runs on a
+# loaded machine with a 30 s keepalive.
+DEFAULT_GRPC_OPTIONS = {"grpc.keepalive_time_ms": 300000,
                         "grpc.keepalive_timeout_ms": 20000}
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 

@@ -71,7 +71,7 @@ def test_chief_trains_with_prefixed_logs_and_leaves_no_process(tmp_path):
     assert result["tf_config"]["task"] == {"type": "chief", "index": 0}
     assert result["env"]["GRPC_FAIL_FAST"] == "use_caller"
     assert result["env"]["TF_GRPC_DEFAULT_OPTIONS"] == (
-        "grpc.keepalive_time_ms=30000,grpc.keepalive_timeout_ms=20000")
+        "grpc.keepalive_time_ms=300000,grpc.keepalive_timeout_ms=20000")
     output = echo.getvalue()
     for name in ("ps-0", "worker-0", "worker-1"):
         assert "[%s] " % name in output
