@@ -249,7 +249,7 @@ class SyncProtocol(tf.Module):
             return tf.constant(True)
 
     def _admit_and_maybe_apply(self, worker, computed_at, grads, step_var,
-                               apply_fn):
+                               apply_fn, likely=None):
         """Body of the push's critical section: (outcome, failed).
 
         The step closes here once its admitted count reaches the quorum: on
@@ -266,6 +266,13 @@ class SyncProtocol(tf.Module):
             tf.where(tf.equal(self.admitted[worker], 1), DROPPED_DUPLICATE,
                      tf.where(self.count >= self._quorum(step), DROPPED_LATE,
                               ADMITTED)))
+        if likely is not None:
+            # The snapshot outside the lock gave this gradient up and did not
+            # send it (see `_likely_admitted`): only a restore that moved the
+            # step back in between could make it look fresh here.
+            outcome = tf.where(
+                tf.logical_and(tf.equal(outcome, ADMITTED),
+                               tf.logical_not(likely)), DROPPED_STALE, outcome)
 
         def admit():
             with tf.control_dependencies(self._accumulate(grads)):
@@ -337,31 +344,94 @@ class SyncProtocol(tf.Module):
         with tf.control_dependencies([count, retagged]):
             return tf.identity(ended)
 
+    def _likely_admitted(self, worker):
+        """Outside the critical section: would this worker's gradient be
+        admitted now? A snapshot, read without the lock; False only if the
+        gradient is certain to be dropped (a step moves one way: a stale tag
+        stays stale, a duplicate stays one until the step closes, and a full
+        step closes or stays held), True may still end in a drop."""
+        tag = self.worker_tag[worker]
+        published = self.published.read_value()
+        count = self.count.read_value()
+        return tf.logical_and(
+            tf.logical_and(tf.equal(tag, published),
+                           tf.equal(self.admitted[worker], 0)),
+            count < self._quorum(published))
+
+    def _send_if_likely(self, likely, grads):
+        """The gradients on the protocol PS if `likely`, else zeros made on
+        the PS: a gradient certain to be dropped never leaves the worker (the
+        cond's input switch sits on the worker)."""
+        parts, zeros = [], []
+        for g in grads:
+            if isinstance(g, tf.IndexedSlices):
+                parts += [g.values, g.indices]
+                zeros += [(tf.TensorShape([0]).concatenate(
+                    g.values.shape[1:]), g.values.dtype),
+                          (tf.TensorShape([0]), g.indices.dtype)]
+            else:
+                parts.append(g)
+                zeros.append((g.shape, g.dtype))
+        if not all(shape.is_fully_defined() for shape, _ in zeros):
+            return None  # a dynamic shape: gate inside the critical section
+
+        sent = tf.cond(likely,
+                       lambda: [tf.identity(t) for t in parts],
+                       lambda: [tf.zeros(shape, dtype)
+                                for shape, dtype in zeros])
+        out, i = [], 0
+        for g in grads:
+            if isinstance(g, tf.IndexedSlices):
+                out.append(tf.IndexedSlices(sent[i], sent[i + 1],
+                                            g.dense_shape))
+                i += 2
+            else:
+                out.append(sent[i])
+                i += 1
+        return out
+
     def push(self, worker, grads, step_var, apply_fn):
         """One worker's push of `grads` (aligned with the var_list).
 
         `step_var` is the global step (the wrapped optimizer's iterations);
         `apply_fn(mean_grads)` applies one update and advances it. Returns the
-        push outcome; raises (in-graph) if the quorum policy failed the run.
+        push outcome (on the protocol PS); raises (in-graph) if the quorum
+        policy failed the run.
+
+        Every cross-device hop costs a round trip, and one made while the
+        lock is held serialises all workers. So the worker's values and the
+        gradients travel to the protocol PS before the lock is taken, and
+        everything after it runs on the PS: inside the critical section
+        nothing waits for the worker.
         """
-        computed_at = tf.timestamp()
-        worker = tf.cast(worker, tf.int32)
         deps = [g.values if isinstance(g, tf.IndexedSlices) else g
                 for g in grads]
-        cs = self._critical_section(deps, "push")
-        # The body runs on the protocol PS: one round trip per push. Only an
-        # admitted gradient travels (the admit branch's inputs are gated).
+        with tf.control_dependencies(deps):
+            computed_at = tf.timestamp()
+        with tf.device(self._device):
+            worker = tf.cast(worker, tf.int32)
+            computed_at = tf.identity(computed_at)
+            # Taken once the gradients exist: as late a snapshot as possible.
+            with tf.control_dependencies(deps):
+                likely = self._likely_admitted(worker)
+            sent = self._send_if_likely(likely, grads)
+        if sent is None:
+            sent, likely = grads, None
+        after = [g.values if isinstance(g, tf.IndexedSlices) else g
+                 for g in sent] + [worker, computed_at]
+        cs = self._critical_section(after, "push")
         with tf.device(self._device):
             outcome, failed = cs.execute(
                 lambda: self._admit_and_maybe_apply(
-                    worker, computed_at, grads, step_var, apply_fn),
+                    worker, computed_at, sent, step_var, apply_fn,
+                    likely=likely),
                 exclusive_resource_access=False)
-        # An admitted worker that did not close the step would only compute a
-        # gradient certain to be dropped: wait for the new version instead.
-        waited = tf.cond(tf.equal(outcome, ADMITTED),
-                         lambda: self._wait_for_close(worker),
-                         lambda: tf.constant(-1))
-        with tf.device(self._device):
+            # An admitted worker that did not close the step would only
+            # compute a gradient certain to be dropped: wait for the new
+            # version instead.
+            waited = tf.cond(tf.equal(outcome, ADMITTED),
+                             lambda: self._wait_for_close(worker),
+                             lambda: tf.constant(-1))
             ok = tf.logical_and(tf.equal(failed, 0),
                                 tf.not_equal(waited, WAIT_FAILED))
             # Read after the flag: the message is written before the flag.
@@ -369,8 +439,8 @@ class SyncProtocol(tf.Module):
                 message = self.fail_message.read_value()
             check = tf.debugging.Assert(ok, [message],
                                         name="ps_sync_quorum_failed")
-        with tf.control_dependencies([check]):
-            return tf.identity(outcome)
+            with tf.control_dependencies([check]):
+                return tf.identity(outcome)
 
     def set_coordinator_apply(self, apply_fn, step_var, strategy):
         """How the coordinator applies an update (cross-replica, under
