@@ -14,6 +14,13 @@ fresh iff tag == current step: if any apply had started after the tag was
 read, the step would be larger. A gradient computed on a mix of versions
 therefore always carries a stale tag (invariant 1).
 
+Sending. Gradients go to the parameter servers only with a reservation: a
+short critical section, taken once they exist, grants one of the open step's
+remaining slots to a fresh, non-duplicate push (`_reserve`). A push without
+one is certain to be dropped and sends nothing; with one, it is admitted
+unless the quorum was lowered or the reservation expired meanwhile. Neither
+critical section waits for the worker while it holds the lock.
+
 Waiting. An admitted worker that did not close its step blocks on a wake-up
 queue on the protocol PS instead of computing a gradient certain to be
 dropped. Every wake-up goes through the critical section and hands out one
@@ -33,8 +40,9 @@ DROPPED_STALE = 0      # computed on an older version
 DROPPED_DUPLICATE = 1  # this worker already contributed to the open step
 ADMITTED = 2           # counted in the open step, which stays open
 ADMITTED_CLOSED = 3    # counted, and completed the quorum: step applied
-DROPPED_LATE = 4       # fresh, but the step's quorum was already full (only
-                       # while a checkpoint holds the step open)
+DROPPED_LATE = 4       # fresh, but the step's quorum was already full (while
+                       # a checkpoint holds the step open), or its remaining
+                       # slots were reserved by gradients in flight (not sent)
 POLICY_CLOSED = 5      # not a push outcome: a step closed by a push that did
                        # not count in it, or by the coordinator (a lowered
                        # quorum, or the end of a checkpoint hold)
@@ -49,6 +57,10 @@ WAIT_RELEASED = 1    # the watchdog released it (no closure left that could
 WAIT_FAILED = 2      # the policy failed the run
 WAIT_NAMES = ("closed", "released", "failed")
 RELEASE_TOKEN = -1   # a wake-up token that is not a new step
+
+# A reservation that has not turned into a push after this long no longer
+# holds its slot (its worker may have died between reserving and sending).
+RESERVATION_TIMEOUT_S = 10.0
 
 # Telemetry ring buffer columns, one row per push (and per policy close).
 LOG_FIELDS = ("step", "tag", "worker", "ready_at", "computed_at",
@@ -105,6 +117,11 @@ class SyncProtocol(tf.Module):
                                       "worker_tag")
                 self.ready_at = var(tf.zeros([n], tf.float64), "ready_at")
                 self.waiting = var(tf.zeros([n], tf.int32), "waiting")
+                # Reservations of the open step's remaining slots, taken
+                # before a gradient is sent (see `_reserve`).
+                self.reserved = var(tf.zeros([n], tf.int32), "reserved")
+                self.reserved_at = var(tf.zeros([n], tf.float64),
+                                       "reserved_at")
                 self.wait_since = var(tf.zeros([n], tf.float64),
                                       "wait_since")
                 self.failed = var(tf.constant(0, tf.int32), "failed")
@@ -226,7 +243,8 @@ class SyncProtocol(tf.Module):
             resets = [acc.assign(tf.zeros_like(acc))
                       for acc in self.accumulators]
             resets += [self.count.assign(0),
-                       self.admitted.assign(tf.zeros_like(self.admitted))]
+                       self.admitted.assign(tf.zeros_like(self.admitted)),
+                       self.reserved.assign(tf.zeros_like(self.reserved))]
         # Written last: a tag equal to it promises a complete version.
         with tf.control_dependencies(resets):
             published = self.published.assign(new_step, read_value=True)
@@ -249,7 +267,7 @@ class SyncProtocol(tf.Module):
             return tf.constant(True)
 
     def _admit_and_maybe_apply(self, worker, computed_at, grads, step_var,
-                               apply_fn, likely=None):
+                               apply_fn, reserved=None):
         """Body of the push's critical section: (outcome, failed).
 
         The step closes here once its admitted count reaches the quorum: on
@@ -266,13 +284,17 @@ class SyncProtocol(tf.Module):
             tf.where(tf.equal(self.admitted[worker], 1), DROPPED_DUPLICATE,
                      tf.where(self.count >= self._quorum(step), DROPPED_LATE,
                               ADMITTED)))
-        if likely is not None:
-            # The snapshot outside the lock gave this gradient up and did not
-            # send it (see `_likely_admitted`): only a restore that moved the
-            # step back in between could make it look fresh here.
+        if reserved is not None:
+            # Without a reservation the gradient was not sent (`_reserve`):
+            # stale, duplicate or late when it asked, so it still is, or the
+            # step's remaining slots are reserved by gradients in flight.
             outcome = tf.where(
                 tf.logical_and(tf.equal(outcome, ADMITTED),
-                               tf.logical_not(likely)), DROPPED_STALE, outcome)
+                               tf.logical_not(reserved)), DROPPED_LATE,
+                outcome)
+            unreserved = self.reserved.scatter_nd_update([[worker]], [0])
+            with tf.control_dependencies([unreserved]):
+                outcome = tf.identity(outcome)
 
         def admit():
             with tf.control_dependencies(self._accumulate(grads)):
@@ -344,22 +366,37 @@ class SyncProtocol(tf.Module):
         with tf.control_dependencies([count, retagged]):
             return tf.identity(ended)
 
-    def _likely_admitted(self, worker):
-        """Outside the critical section: would this worker's gradient be
-        admitted now? A snapshot, read without the lock; False only if the
-        gradient is certain to be dropped (a step moves one way: a stale tag
-        stays stale, a duplicate stays one until the step closes, and a full
-        step closes or stays held), True may still end in a drop."""
-        tag = self.worker_tag[worker]
+    def _reserve(self, worker):
+        """Body of a short critical section taken once the gradients exist,
+        before they are sent: reserve one of the open step's remaining slots
+        for this worker's gradient. True only if the gradient is fresh, not
+        a duplicate, and the step's admitted pushes plus the live
+        reservations of other workers leave room under the quorum. A push
+        without a reservation is certain to be dropped (a stale tag stays
+        stale, a duplicate stays one until the step closes, a full step
+        closes or stays held), so it is not sent; with one, it is admitted
+        unless the quorum was lowered or the reservation expired meanwhile.
+        """
+        now = tf.timestamp()
+        reserved = self.reserved.read_value()
+        live = tf.logical_and(
+            reserved > 0,
+            now - self.reserved_at.read_value() < RESERVATION_TIMEOUT_S)
+        others = tf.reduce_sum(tf.cast(live, tf.int32)) - tf.cast(
+            live[worker], tf.int32)
         published = self.published.read_value()
-        count = self.count.read_value()
-        return tf.logical_and(
-            tf.logical_and(tf.equal(tag, published),
+        ok = tf.logical_and(
+            tf.logical_and(tf.equal(self.worker_tag[worker], published),
                            tf.equal(self.admitted[worker], 0)),
-            count < self._quorum(published))
+            self.count.read_value() + others < self._quorum(published))
+        mark = self.reserved.scatter_nd_update([[worker]],
+                                               [tf.cast(ok, tf.int32)])
+        stamp = self.reserved_at.scatter_nd_update([[worker]], [now])
+        with tf.control_dependencies([mark, stamp]):
+            return tf.identity(ok)
 
-    def _send_if_likely(self, likely, grads):
-        """The gradients on the protocol PS if `likely`, else zeros made on
+    def _send_if_reserved(self, reserved, grads):
+        """The gradients on the protocol PS if `reserved`, else zeros made on
         the PS: a gradient certain to be dropped never leaves the worker (the
         cond's input switch sits on the worker)."""
         parts, zeros = [], []
@@ -375,7 +412,7 @@ class SyncProtocol(tf.Module):
         if not all(shape.is_fully_defined() for shape, _ in zeros):
             return None  # a dynamic shape: gate inside the critical section
 
-        sent = tf.cond(likely,
+        sent = tf.cond(reserved,
                        lambda: [tf.identity(t) for t in parts],
                        lambda: [tf.zeros(shape, dtype)
                                 for shape, dtype in zeros])
@@ -399,10 +436,13 @@ class SyncProtocol(tf.Module):
         policy failed the run.
 
         Every cross-device hop costs a round trip, and one made while the
-        lock is held serialises all workers. So the worker's values and the
-        gradients travel to the protocol PS before the lock is taken, and
-        everything after it runs on the PS: inside the critical section
-        nothing waits for the worker.
+        lock is held serialises all workers. So a push takes the lock twice,
+        each time for PS-local work only: once the gradients exist, to
+        reserve a slot of the open step (`_reserve`); then, once the
+        reserved gradients (or zeros made on the PS, for a push without a
+        reservation, which is certain to be dropped) are on the PS, to
+        admit, accumulate and maybe apply. The wait and the failure check
+        run on the PS too.
         """
         deps = [g.values if isinstance(g, tf.IndexedSlices) else g
                 for g in grads]
@@ -411,12 +451,17 @@ class SyncProtocol(tf.Module):
         with tf.device(self._device):
             worker = tf.cast(worker, tf.int32)
             computed_at = tf.identity(computed_at)
-            # Taken once the gradients exist: as late a snapshot as possible.
-            with tf.control_dependencies(deps):
-                likely = self._likely_admitted(worker)
-            sent = self._send_if_likely(likely, grads)
+        # Once the gradients exist (computed_at waits for them), reserve a
+        # slot: PS-local, so the lock is held for no round trip.
+        reserve_cs = self._critical_section([computed_at], "reserve")
+        with tf.device(self._device):
+            reserved = reserve_cs.execute(lambda: self._reserve(worker),
+                                          exclusive_resource_access=False)
+            sent = self._send_if_reserved(reserved, grads)
         if sent is None:
-            sent, likely = grads, None
+            # A dynamic shape: the admission's own cond gates the gradients,
+            # inside the critical section (a round trip under the lock).
+            sent = grads
         after = [g.values if isinstance(g, tf.IndexedSlices) else g
                  for g in sent] + [worker, computed_at]
         cs = self._critical_section(after, "push")
@@ -424,7 +469,7 @@ class SyncProtocol(tf.Module):
             outcome, failed = cs.execute(
                 lambda: self._admit_and_maybe_apply(
                     worker, computed_at, sent, step_var, apply_fn,
-                    likely=likely),
+                    reserved=reserved),
                 exclusive_resource_access=False)
             # An admitted worker that did not close the step would only
             # compute a gradient certain to be dropped: wait for the new
