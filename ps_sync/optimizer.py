@@ -225,10 +225,8 @@ class _SyncReplicasMixin:
                                        self._optimizer.iterations, apply_fn)
 
         outcome = replica_context.merge_call(push)
-        # The outcome is on the protocol PS: reading the step there too
-        # saves a round trip to the worker and back.
         with tf.control_dependencies([outcome]):
-            return self._optimizer.iterations.read_value()
+            return tf.identity(self._optimizer.iterations.read_value())
 
 
 @tf.keras.utils.register_keras_serializable(package="ps_sync",

@@ -14,17 +14,10 @@ fresh iff tag == current step: if any apply had started after the tag was
 read, the step would be larger. A gradient computed on a mix of versions
 therefore always carries a stale tag (invariant 1).
 
-Sending. Gradients go to the parameter servers only with leave: a short
-critical section, taken once they exist, lets a fresh, non-duplicate push
-send while the open step is not full (`_reserve`). A push refused is certain
-to be dropped and sends nothing. Neither critical section waits for the
-worker while it holds the lock.
-
 Waiting. An admitted worker that did not close its step blocks on its own
 wake-up queue on the protocol PS instead of computing a gradient certain to
 be dropped. Every wake-up goes through the critical section and puts one
-token in the queue of each registered waiter: the closer of the step, or the
-coordinator-side
+token in the queue of each registered waiter: the closer of the step, or the coordinator-side
 step watchdog (`watchdog.py`), which releases the waiters when no pending
 closure could close the step (the end of an epoch), when a wait exceeds
 `max_wait_s`, or when the quorum policy fails the run. So no wait outlives the
@@ -41,9 +34,8 @@ DROPPED_STALE = 0      # computed on an older version
 DROPPED_DUPLICATE = 1  # this worker already contributed to the open step
 ADMITTED = 2           # counted in the open step, which stays open
 ADMITTED_CLOSED = 3    # counted, and completed the quorum: step applied
-DROPPED_LATE = 4       # fresh, but the step's quorum was already full when
-                       # it asked to send (not sent), or when it arrived
-                       # (while a checkpoint holds the step open)
+DROPPED_LATE = 4       # fresh, but the step's quorum was already full (only
+                       # while a checkpoint holds the step open)
 POLICY_CLOSED = 5      # not a push outcome: a step closed by a push that did
                        # not count in it, or by the coordinator (a lowered
                        # quorum, or the end of a checkpoint hold)
@@ -282,7 +274,7 @@ class SyncProtocol(tf.Module):
             return tf.constant(True)
 
     def _admit_and_maybe_apply(self, worker, computed_at, grads, step_var,
-                               apply_fn, reserved=None):
+                               apply_fn):
         """Body of the push's critical section: (outcome, failed).
 
         The step closes here once its admitted count reaches the quorum: on
@@ -299,15 +291,6 @@ class SyncProtocol(tf.Module):
             tf.where(tf.equal(self.admitted[worker], 1), DROPPED_DUPLICATE,
                      tf.where(self.count >= self._quorum(step), DROPPED_LATE,
                               ADMITTED)))
-        if reserved is not None:
-            # Without leave to send (`_reserve`) the gradient was not sent:
-            # stale, duplicate or late when it asked, so it still is (a
-            # lowered quorum in between is the exception: dropped all the
-            # same, as nothing arrived to admit).
-            outcome = tf.where(
-                tf.logical_and(tf.equal(outcome, ADMITTED),
-                               tf.logical_not(reserved)), DROPPED_LATE,
-                outcome)
 
         def admit():
             with tf.control_dependencies(self._accumulate(grads)):
@@ -385,106 +368,33 @@ class SyncProtocol(tf.Module):
         with tf.control_dependencies([count, retagged]):
             return tf.identity(ended)
 
-    def _reserve(self, worker):
-        """Body of a short critical section taken once the gradients exist,
-        before they are sent: may this worker's gradient be sent? Only if
-        it is fresh, not a duplicate, and the open step is not full yet. A
-        push refused is certain to be dropped (a stale tag stays stale, a
-        duplicate stays one until the step closes, a full step closes or
-        stays held), so it is not sent. Leave is not a slot: several pushes
-        may race for the last one, and the first to arrive takes it. (Held
-        slots were tried: a straggler stopped between leave and sending
-        then held its slot, and the step, while the backups were refused.)
-        """
-        published = self.published.read_value()
-        return tf.logical_and(
-            tf.logical_and(tf.equal(self.worker_tag[worker], published),
-                           tf.equal(self.admitted[worker], 0)),
-            self.count.read_value() < self._quorum(published))
-
-    def _send_if_reserved(self, reserved, grads):
-        """The gradients on the protocol PS if `reserved`, else zeros made on
-        the PS: a gradient certain to be dropped never leaves the worker (the
-        cond's input switch sits on the worker)."""
-        parts, zeros = [], []
-        for g in grads:
-            if isinstance(g, tf.IndexedSlices):
-                parts += [g.values, g.indices]
-                zeros += [(tf.TensorShape([0]).concatenate(
-                    g.values.shape[1:]), g.values.dtype),
-                          (tf.TensorShape([0]), g.indices.dtype)]
-            else:
-                parts.append(g)
-                zeros.append((g.shape, g.dtype))
-        if not all(shape.is_fully_defined() for shape, _ in zeros):
-            return None  # a dynamic shape: gate inside the critical section
-
-        sent = tf.cond(reserved,
-                       lambda: [tf.identity(t) for t in parts],
-                       lambda: [tf.zeros(shape, dtype)
-                                for shape, dtype in zeros])
-        out, i = [], 0
-        for g in grads:
-            if isinstance(g, tf.IndexedSlices):
-                out.append(tf.IndexedSlices(sent[i], sent[i + 1],
-                                            g.dense_shape))
-                i += 2
-            else:
-                out.append(sent[i])
-                i += 1
-        return out
-
     def push(self, worker, grads, step_var, apply_fn):
         """One worker's push of `grads` (aligned with the var_list).
 
         `step_var` is the global step (the wrapped optimizer's iterations);
         `apply_fn(mean_grads)` applies one update and advances it. Returns the
-        push outcome (on the protocol PS); raises (in-graph) if the quorum
-        policy failed the run.
-
-        Every cross-device hop costs a round trip, and one made while the
-        lock is held serialises all workers. So a push takes the lock twice,
-        each time for PS-local work only: once the gradients exist, to ask
-        leave to send them (`_reserve`); then, once the gradients with leave
-        (or zeros made on the PS, for a push refused, which is certain to be
-        dropped) are on the PS, to admit, accumulate and maybe apply. The
-        wait and the failure check run on the PS too.
+        push outcome; raises (in-graph) if the quorum policy failed the run.
         """
+        computed_at = tf.timestamp()
+        worker = tf.cast(worker, tf.int32)
         deps = [g.values if isinstance(g, tf.IndexedSlices) else g
                 for g in grads]
-        with tf.control_dependencies(deps):
-            computed_at = tf.timestamp()
-        with tf.device(self._device):
-            worker = tf.cast(worker, tf.int32)
-            computed_at = tf.identity(computed_at)
-        # Once the gradients exist (computed_at waits for them), reserve a
-        # slot: PS-local, so the lock is held for no round trip.
-        reserve_cs = self._critical_section([computed_at], "reserve")
-        with tf.device(self._device):
-            reserved = reserve_cs.execute(lambda: self._reserve(worker),
-                                          exclusive_resource_access=False)
-            sent = self._send_if_reserved(reserved, grads)
-        if sent is None:
-            # A dynamic shape: the admission's own cond gates the gradients,
-            # inside the critical section (a round trip under the lock).
-            sent = grads
-        after = [g.values if isinstance(g, tf.IndexedSlices) else g
-                 for g in sent] + [worker, computed_at]
-        cs = self._critical_section(after, "push")
+        cs = self._critical_section(deps, "push")
+        # The body runs on the protocol PS: one round trip per push. Only an
+        # admitted gradient travels (the admit branch's inputs are gated).
         with tf.device(self._device):
             outcome, failed = cs.execute(
                 lambda: self._admit_and_maybe_apply(
-                    worker, computed_at, sent, step_var, apply_fn,
-                    reserved=reserved),
+                    worker, computed_at, grads, step_var, apply_fn),
                 exclusive_resource_access=False)
-            # An admitted worker that did not close the step would only
-            # compute a gradient certain to be dropped: wait for the new
-            # version instead. (A worker that dies waiting leaves a wake-up
-            # token in its queue: restarted, it wakes early once, pushes a
-            # duplicate, waits again.)
-            waited = tf.cond(_waits(outcome),
-                             lambda: self._wait_for_close(worker),
-                             lambda: tf.constant(-1))
+        # An admitted worker that did not close the step would only compute a
+        # gradient certain to be dropped: wait for the new version instead.
+        # (A worker that dies waiting leaves a wake-up token in its queue:
+        # restarted, it wakes early once, pushes a duplicate, waits again.)
+        waited = tf.cond(_waits(outcome),
+                         lambda: self._wait_for_close(worker),
+                         lambda: tf.constant(-1))
+        with tf.device(self._device):
             ok = tf.logical_and(tf.equal(failed, 0),
                                 tf.not_equal(waited, WAIT_FAILED))
             # Read after the flag: the message is written before the flag.
@@ -492,8 +402,8 @@ class SyncProtocol(tf.Module):
                 message = self.fail_message.read_value()
             check = tf.debugging.Assert(ok, [message],
                                         name="ps_sync_quorum_failed")
-            with tf.control_dependencies([check]):
-                return tf.identity(outcome)
+        with tf.control_dependencies([check]):
+            return tf.identity(outcome)
 
     def set_coordinator_apply(self, apply_fn, step_var, strategy):
         """How the coordinator applies an update (cross-replica, under

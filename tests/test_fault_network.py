@@ -30,8 +30,12 @@ def _cut_link_then_restore(run_dir, seed):
             "worker": ["%s:%d" % (hosts.address(w),
                                   portpicker.pick_unused_port())
                        for w in names[1:]]}
+        # A cut is noticed by gRPC keepalive (the launcher's 300 s would
+        # outlast the test); pings this frequent are fine for a short run.
         run = _ProbeRun(run_dir, workers=3, replicas=2, addresses=addresses,
-                        task_prefix={n: hosts.prefix(n) for n in names})
+                        task_prefix={n: hosts.prefix(n) for n in names},
+                        grpc_options={"grpc.keepalive_time_ms": 10000,
+                                      "grpc.keepalive_timeout_ms": 5000})
         run.run(12)  # traced and warm
         cut = []
 
