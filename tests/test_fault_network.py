@@ -59,14 +59,7 @@ def _cut_link_then_restore(run_dir, seed):
         restore_time = time.time()
         hosts.restore("worker-2")
         run.coordinator.join()  # its stuck closure ends (or is retried)
-        rejoined = None
-        deadline = time.monotonic() + 150
-        while rejoined is None and time.monotonic() < deadline:
-            run.run(12)
-            pushes, _ = run.records()
-            rejoined = next((p for p in pushes if p["worker"] == 2
-                             and p["arrived_at"] > restore_time
-                             and p["outcome"].startswith("admitted")), None)
+        rejoined = run.until_admitted(2, since=restore_time)
         result = run.finish()
         run.cluster.stop()
     result.update(cut_time=cut_time, cut_step=cut_step,

@@ -63,6 +63,21 @@ class _ProbeRun:
     def iterations(self):
         return int(self.opt.iterations.numpy())
 
+    def until_admitted(self, worker, since, timeout_s=150):
+        """Run closures until `worker` has a gradient admitted after
+        `since`; returns that push record (None after `timeout_s`)."""
+        import time
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.run(12)
+            pushes, _ = self.records()
+            found = next((p for p in pushes if p["worker"] == worker
+                          and p["arrived_at"] > since
+                          and p["outcome"].startswith("admitted")), None)
+            if found is not None:
+                return found
+        return None
+
     def records(self):
         self.opt.telemetry.drain()
         return list(self.opt.telemetry.pushes), list(self.opt.telemetry.steps)
@@ -102,14 +117,7 @@ def _kill_worker_then_restart(run_dir, seed):
     down_to = run.iterations()
     restart_time = time.time()
     run.cluster.restart("worker-2")
-    rejoined = None
-    deadline = time.monotonic() + 150
-    while rejoined is None and time.monotonic() < deadline:
-        run.run(12)
-        pushes, _ = run.records()
-        rejoined = next((p for p in pushes if p["worker"] == 2
-                         and p["arrived_at"] > restart_time
-                         and p["outcome"].startswith("admitted")), None)
+    rejoined = run.until_admitted(2, since=restart_time)
     result = run.finish()
     result.update(kill_time=kill_time, down_from=down_from, down_to=down_to,
                   restart_time=restart_time, rejoined=rejoined)
