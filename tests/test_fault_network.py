@@ -68,9 +68,9 @@ def _cut_link_then_restore(run_dir, seed):
     return result
 
 
-# Known liveness bug, not fixed yet: in 2 of 5 runs training stopped for
+# Known liveness bug, not fixed yet: in 1 of 4 runs training stopped for
 # every worker after the cut (12 updates, then none for 120 s; also seen
-# with the push-path rework of branch `perf`). Suspected: the cut lands while
+# in the one run with the push-path rework of branch `perf`). Suspected: the cut lands while
 # worker-2's push is inside the critical section, whose lock is then held
 # while the PS waits for that worker's gradients over the dead link.
 # Reported as xfail when it happens, never as a pass.
