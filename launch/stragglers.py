@@ -8,13 +8,14 @@ from their configured distributions with a seeded RNG, and logs every pause
 and resume as a JSON line (wall-clock times) in <run_dir>/stragglers.jsonl.
 """
 import json
-import math
 import os
 import random
 import threading
 import time
 
 from ps_sync.local_cluster import ClusterError
+# One sampler for the launcher and the simulator's replay of a spec.
+from ps_sync.simulator import sample_spec_distribution as sample
 
 
 def process_state(pid):
@@ -24,20 +25,6 @@ def process_state(pid):
             return f.read().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return None
-
-
-def sample(dist, rng):
-    """One draw, in seconds, from a spec distribution."""
-    kind = dist["distribution"]
-    if kind == "fixed":
-        return float(dist["value"])
-    if kind == "uniform":
-        return rng.uniform(dist["low"], dist["high"])
-    if kind == "exponential":
-        return rng.expovariate(1.0 / dist["mean"]) if dist["mean"] > 0 else 0.0
-    if kind == "lognormal":
-        return rng.lognormvariate(math.log(dist["median"]), dist["sigma"])
-    raise ValueError("unknown distribution %r" % kind)
 
 
 class StragglerInjector:

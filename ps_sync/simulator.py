@@ -243,7 +243,8 @@ def paper_tail(num_workers=100, **kwargs):
 # -- pauses ------------------------------------------------------------------
 
 def sample_spec_distribution(dist, rng):
-    """One draw from a cluster-spec distribution (as launch/stragglers.py)."""
+    """One draw, in seconds, from a cluster-spec distribution (the
+    launcher's straggler injection draws with this too)."""
     kind = dist["distribution"]
     if kind == "fixed":
         return float(dist["value"])
