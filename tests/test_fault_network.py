@@ -8,8 +8,7 @@ import random
 
 import pytest
 
-from ps_sync.testing import fresh_interpreter
-from tests.test_fault_workers import _ProbeRun, _check_whole_updates, _seed
+from tests.test_fault_workers import _ProbeRun, _check_whole_updates, run_body
 
 HERE = __name__
 
@@ -80,11 +79,7 @@ def _cut_link_then_restore(run_dir, seed):
 def test_cut_worker_link_is_not_waited_for_and_rejoins(tmp_path):
     if os.geteuid() != 0:
         pytest.skip("network namespaces need root (CAP_NET_ADMIN)")
-    seed = _seed()
-    msg = "PS_SYNC_FAULT_SEED=%d" % seed
-    r = fresh_interpreter.run(
-        HERE + ":_cut_link_then_restore",
-        dict(run_dir=str(tmp_path), seed=seed), timeout=360)
+    r, msg = run_body(HERE + ":_cut_link_then_restore", tmp_path)
     # Really on separate hosts of the bridge.
     assert len({a.split(":")[0] for job in r["addresses"].values()
                 for a in job}) == 5, msg

@@ -20,6 +20,15 @@ def _seed():
     return int(env) if env else random.SystemRandom().randrange(1 << 30)
 
 
+def run_body(target, tmp_path):
+    """Run `module:function(run_dir, seed)` in a fresh interpreter with a
+    random seed; returns (result, message naming the seed)."""
+    seed = _seed()
+    r = fresh_interpreter.run(target, dict(run_dir=str(tmp_path), seed=seed),
+                              timeout=360)
+    return r, "PS_SYNC_FAULT_SEED=%d" % seed
+
+
 class _ProbeRun:
     """Probe model, SyncReplicasWithBackups and a coordinator over a real
     multi-process cluster (in the child interpreter)."""
@@ -140,11 +149,7 @@ def _check_whole_updates(r, replicas, msg):
 
 @pytest.mark.timeout(400)
 def test_killed_worker_is_not_waited_for_and_rejoins_after_restart(tmp_path):
-    seed = _seed()
-    msg = "PS_SYNC_FAULT_SEED=%d" % seed
-    r = fresh_interpreter.run(
-        HERE + ":_kill_worker_then_restart",
-        dict(run_dir=str(tmp_path), seed=seed), timeout=360)
+    r, msg = run_body(HERE + ":_kill_worker_then_restart", tmp_path)
     _check_whole_updates(r, 2, msg)
     # While worker-2 was down (40 closures), updates kept being applied, one
     # per 2 pushes of workers 0 and 1, without waiting for it.
@@ -206,11 +211,7 @@ def _kill_admitted_waiter(run_dir, seed):
 
 @pytest.mark.timeout(400)
 def test_worker_killed_while_admitted_leaves_no_half_update(tmp_path):
-    seed = _seed()
-    msg = "PS_SYNC_FAULT_SEED=%d" % seed
-    r = fresh_interpreter.run(
-        HERE + ":_kill_admitted_waiter",
-        dict(run_dir=str(tmp_path), seed=seed), timeout=360)
+    r, msg = run_body(HERE + ":_kill_admitted_waiter", tmp_path)
     _check_whole_updates(r, None, msg)
     rows = r["rows"]
     msg += " rows=%s killed=%s" % (rows, r["killed"])
@@ -258,11 +259,7 @@ def _kill_more_than_b(run_dir, seed):
 
 @pytest.mark.timeout(400)
 def test_more_than_b_workers_gone_fails_naming_them(tmp_path):
-    seed = _seed()
-    msg = "PS_SYNC_FAULT_SEED=%d" % seed
-    r = fresh_interpreter.run(
-        HERE + ":_kill_more_than_b",
-        dict(run_dir=str(tmp_path), seed=seed), timeout=360)
+    r, msg = run_body(HERE + ":_kill_more_than_b", tmp_path)
     assert r["error"] is not None, msg
     assert "quorum_timeout_s=2" in r["error"], (msg, r["error"])
     assert ("workers that have not contributed: worker-1, worker-2"
@@ -321,11 +318,7 @@ def _pause_workers_randomly(run_dir, seed):
 
 @pytest.mark.timeout(400)
 def test_paused_waiters_keep_their_wake_up_tokens(tmp_path):
-    seed = _seed()
-    msg = "PS_SYNC_FAULT_SEED=%d" % seed
-    r = fresh_interpreter.run(
-        HERE + ":_pause_workers_randomly",
-        dict(run_dir=str(tmp_path), seed=seed), timeout=360)
+    r, msg = run_body(HERE + ":_pause_workers_randomly", tmp_path)
     msg += " stats=%s failed=%s" % (r["stats"], r["failed_workers"])
     _check_whole_updates(r, 2, msg)
     assert r["pauses"] >= 20, msg
