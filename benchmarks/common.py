@@ -227,6 +227,16 @@ def base_spec(name, workers, replicas, stragglers=(), ps=1,
     return spec
 
 
+def stragglers_or_usage_error(parser, path, workers):
+    """stragglers_from(path, workers), or a usage error naming --stragglers."""
+    if not os.path.isfile(path):
+        parser.error("--stragglers: no such file %r" % path)
+    try:
+        return stragglers_from(path, workers)
+    except (ValueError, OSError) as e:
+        parser.error("--stragglers: %s" % e)
+
+
 def stragglers_from(spec_path, workers):
     """The straggler entries of a cluster spec, moved onto the last workers
     of a `workers`-worker cluster (so the same distribution applies to

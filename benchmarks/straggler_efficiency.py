@@ -187,13 +187,8 @@ def parse_args(argv):
     if args.warmup_steps < 1 or args.warmup_steps >= args.train_updates - 1:
         p.error("--warmup_steps must be at least 1 and leave steps to "
                 "measure (--train_updates %d)" % args.train_updates)
-    if not os.path.isfile(args.stragglers):
-        p.error("--stragglers: no such file %r" % args.stragglers)
-    try:
-        args.straggler_entries = common.stragglers_from(args.stragglers,
-                                                        args.workers)
-    except (ValueError, OSError) as e:
-        p.error("--stragglers: %s" % e)
+    args.straggler_entries = common.stragglers_or_usage_error(
+        p, args.stragglers, args.workers)
     return args
 
 

@@ -215,13 +215,8 @@ def parse_args(argv):
         args.variant_table = {v: all_variants[v] for v in chosen}
     else:
         args.variant_table = all_variants
-    if not os.path.isfile(args.stragglers):
-        p.error("--stragglers: no such file %r" % args.stragglers)
-    try:
-        args.straggler_entries = common.stragglers_from(args.stragglers,
-                                                        args.workers)
-    except (ValueError, OSError) as e:
-        p.error("--stragglers: %s" % e)
+    args.straggler_entries = common.stragglers_or_usage_error(
+        p, args.stragglers, args.workers)
     return args
 
 
