@@ -223,12 +223,29 @@ class SyncProtocol(tf.Module):
             tf.equal(self.hold.read_value(), 0))
 
     def _accumulate(self, grads):
-        ops = []
+        """Add `grads` to the sums, all or none: every gradient is received
+        on its shard before any sum changes, so a worker that dies (or is cut
+        off) halfway through sending never leaves part of its gradient in a
+        step (invariant 6)."""
+        received = []
         for acc, g in zip(self.accumulators, grads):
-            if isinstance(g, tf.IndexedSlices):
-                ops.append(acc.scatter_add(g))
-            else:
-                ops.append(acc.assign_add(g, read_value=False))
+            with tf.device(acc.device):
+                if isinstance(g, tf.IndexedSlices):
+                    g = tf.IndexedSlices(tf.identity(g.values),
+                                         tf.identity(g.indices),
+                                         g.dense_shape)
+                else:
+                    g = tf.identity(g)
+            received.append(g)
+        everything = [t for g in received for t in (
+            (g.values, g.indices) if isinstance(g, tf.IndexedSlices) else (g,))]
+        ops = []
+        with tf.control_dependencies(everything):
+            for acc, g in zip(self.accumulators, received):
+                if isinstance(g, tf.IndexedSlices):
+                    ops.append(acc.scatter_add(g))
+                else:
+                    ops.append(acc.assign_add(g, read_value=False))
         return ops
 
     def _close(self, step_var, apply_fn):
@@ -281,10 +298,16 @@ class SyncProtocol(tf.Module):
         the N-th admitted push, or, after a lowered quorum or a checkpoint
         hold, on the next push (or the coordinator's `close_if_closable`).
         """
-        arrived_at = tf.timestamp()
+        # Every input from the worker is received before any state changes:
+        # a worker lost mid-push would otherwise leave a push half recorded
+        # (e.g. counted in the step but missing from the telemetry).
+        computed_at = tf.identity(computed_at)
+        worker = tf.identity(worker)
+        with tf.control_dependencies([computed_at, worker]):
+            arrived_at = tf.timestamp()
+            step = self._realign(tf.cast(step_var.read_value(), tf.int64))
         tag = self.worker_tag[worker]
         ready_at = self.ready_at[worker]
-        step = self._realign(tf.cast(step_var.read_value(), tf.int64))
         # One tf.cond per decision: each costs far more than arithmetic.
         outcome = tf.where(
             tf.not_equal(tag, step), DROPPED_STALE,

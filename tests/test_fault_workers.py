@@ -72,6 +72,25 @@ class _ProbeRun:
     def iterations(self):
         return int(self.opt.iterations.numpy())
 
+    def pushes(self):
+        """Pushes that reached the protocol PS so far (every outcome)."""
+        return sum(sum(v for k, v in w.items() if not k.startswith("wait_"))
+                   for w in self.opt.sync_stats()["per_worker"])
+
+    def feed_until(self, done, timeout_s, backlog=8):
+        """Keep about `backlog` closures scheduled beyond the pushes that
+        arrived, until `done()` or `timeout_s`, without joining (a closure
+        may be stuck on a lost worker). A fixed batch of closures can run
+        dry while a worker is away, which would look like a stall."""
+        import time
+        deadline = time.monotonic() + timeout_s
+        scheduled = self.pushes()
+        while not done() and time.monotonic() < deadline:
+            while scheduled - self.pushes() < backlog:
+                self.coordinator.schedule(self.step_fn, args=(self.iterator,))
+                scheduled += 1
+            time.sleep(0.05)
+
     def until_admitted(self, worker, since, timeout_s=150):
         """Run closures until `worker` has a gradient admitted after
         `since`; returns that push record (None after `timeout_s`)."""
