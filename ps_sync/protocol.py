@@ -339,8 +339,10 @@ class SyncProtocol(tf.Module):
             computed_at=computed_at, arrived_at=arrived_at, outcome=outcome,
             admitted_rank=rank, quorum=quorum))
         # A worker that waits for the step to close takes its tag after the
-        # wait; every other one takes it now.
-        waits = _waits(outcome)
+        # wait; every other one takes it now. Once the run has failed nobody
+        # waits: the watchdog has stopped and would never release it.
+        waits = tf.logical_and(_waits(outcome),
+                               tf.equal(self.failed.read_value(), 0))
         retagged = self._retag(worker, keep=waits)
         marked = self.waiting.scatter_nd_update([[worker]],
                                                 [tf.cast(waits, tf.int32)])
@@ -348,7 +350,7 @@ class SyncProtocol(tf.Module):
                                                   [tf.timestamp()])
         with tf.control_dependencies([counted, logged, retagged, marked,
                                       since]):
-            return (tf.identity(outcome), self.failed.read_value())
+            return tf.identity(outcome), tf.identity(waits)
 
     def _close_if_closable(self, step, step_var, apply_fn, closer,
                            record_close):
@@ -406,7 +408,7 @@ class SyncProtocol(tf.Module):
         # The body runs on the protocol PS: one round trip per push. Only an
         # admitted gradient travels (the admit branch's inputs are gated).
         with tf.device(self._device):
-            outcome, failed = cs.execute(
+            outcome, waits = cs.execute(
                 lambda: self._admit_and_maybe_apply(
                     worker, computed_at, grads, step_var, apply_fn),
                 exclusive_resource_access=False)
@@ -414,12 +416,12 @@ class SyncProtocol(tf.Module):
         # gradient certain to be dropped: wait for the new version instead.
         # (A worker that dies waiting leaves a wake-up token in its queue:
         # restarted, it wakes early once, pushes a duplicate, waits again.)
-        waited = tf.cond(_waits(outcome),
-                         lambda: self._wait_for_close(worker),
+        waited = tf.cond(waits, lambda: self._wait_for_close(worker),
                          lambda: tf.constant(-1))
         with tf.device(self._device):
-            ok = tf.logical_and(tf.equal(failed, 0),
-                                tf.not_equal(waited, WAIT_FAILED))
+            # Read after the wait: the run may have failed meanwhile.
+            with tf.control_dependencies([waited]):
+                ok = tf.equal(self.failed.read_value(), 0)
             # Read after the flag: the message is written before the flag.
             with tf.control_dependencies([ok]):
                 message = self.fail_message.read_value()
@@ -516,10 +518,12 @@ class SyncProtocol(tf.Module):
         self.failed.assign(1)
 
     def open_step(self):
-        """(step, count, admitted workers) of the open step, read eagerly."""
-        return (int(self.published.numpy()), int(self.count.numpy()),
-                tuple(int(w) for w in tf.where(self.admitted > 0)[:, 0]
-                      .numpy()))
+        """(step, count, admitted workers) of the open step, read eagerly.
+        The count is taken from the same read as the workers (they change
+        together), so the two always agree."""
+        admitted = tuple(int(w) for w in
+                         tf.where(self.admitted > 0)[:, 0].numpy())
+        return int(self.published.numpy()), len(admitted), admitted
 
     def apply_sequence(self):
         """The apply seqlock counter: odd while an update is applied."""

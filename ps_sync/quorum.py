@@ -21,6 +21,10 @@ class OpenStep:
     replicas_to_aggregate: int
     total_num_replicas: int
     now: float = None         # the caller's clock (seconds), if it has one
+    # Seconds since its first fresh gradient was seen (0 while it has none):
+    # what a quorum timeout counts, so that workers still starting up
+    # (tracing, restoring) are not taken for stragglers.
+    waiting_for_s: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +50,9 @@ class FixedQuorum(QuorumPolicy):
 
 
 class TimeoutThenDegrade(QuorumPolicy):
-    """After `quorum_timeout_s` with at least `min_replicas_to_aggregate`
-    pushes admitted, close the step with what it has (logged as degraded)."""
+    """`quorum_timeout_s` after the open step's first fresh gradient, with at
+    least `min_replicas_to_aggregate` pushes admitted, close the step with
+    what it has (logged as degraded)."""
 
     name = "timeout_degrade"
 
@@ -62,7 +67,7 @@ class TimeoutThenDegrade(QuorumPolicy):
         self.quorum_timeout_s = float(quorum_timeout_s)
 
     def decide(self, open_step):
-        if (open_step.open_for_s >= self.quorum_timeout_s
+        if (open_step.waiting_for_s >= self.quorum_timeout_s
                 and self.min_replicas_to_aggregate <= open_step.count
                 < open_step.replicas_to_aggregate):
             return Decision(quorum=open_step.count)
@@ -75,8 +80,9 @@ class TimeoutThenDegrade(QuorumPolicy):
 
 
 class TimeoutThenFail(QuorumPolicy):
-    """After `quorum_timeout_s` without a quorum, stop with an error naming
-    the workers that have not contributed to the open step."""
+    """`quorum_timeout_s` after the open step's first fresh gradient without
+    a quorum, stop with an error naming the workers that have not
+    contributed to the open step."""
 
     name = "timeout_fail"
 
@@ -87,16 +93,18 @@ class TimeoutThenFail(QuorumPolicy):
         self.quorum_timeout_s = float(quorum_timeout_s)
 
     def decide(self, open_step):
-        if open_step.open_for_s < self.quorum_timeout_s:
+        if (open_step.count == 0
+                or open_step.waiting_for_s < self.quorum_timeout_s):
             return None
         missing = [w for w in range(open_step.total_num_replicas)
                    if w not in open_step.admitted]
         return Decision(fail=(
-            "ps_sync: step %d has %d of %d fresh gradients after %.1f s "
+            "ps_sync: step %d has %d of %d fresh gradients %.1f s after "
+            "its first "
             "(quorum_timeout_s=%g); workers that have not contributed: %s. "
             "More than the %d backup workers are dead or stuck."
             % (open_step.step, open_step.count,
-               open_step.replicas_to_aggregate, open_step.open_for_s,
+               open_step.replicas_to_aggregate, open_step.waiting_for_s,
                self.quorum_timeout_s, ", ".join("worker-%d" % w
                                                 for w in missing),
                open_step.total_num_replicas

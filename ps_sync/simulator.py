@@ -605,7 +605,9 @@ class _Sim:
                 admitted=tuple(sorted(self.admitted)),
                 open_for_s=self.now - self.open_at,
                 replicas_to_aggregate=self.c.replicas_to_aggregate,
-                total_num_replicas=self.c.num_workers, now=self.now))
+                total_num_replicas=self.c.num_workers, now=self.now,
+                waiting_for_s=(self.now - self.open_at - self.offsets[0]
+                               if self.offsets else 0.0)))
             if decision is not None and decision.quorum is not None:
                 self.lowered = (self.step, max(1, min(
                     decision.quorum, self.c.replicas_to_aggregate)))

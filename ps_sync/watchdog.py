@@ -88,6 +88,7 @@ class StepWatchdog:
         self.failure = None
         self._step = None
         self._open_since = None
+        self._first_push_at = None
         self._lowered_step = None
         self._stall_warning_s = stall_warning_s
         self._warned_at = None
@@ -137,12 +138,17 @@ class StepWatchdog:
         if step != self._step or pending == 0:
             self._step, self._open_since = step, now
             self._warned_at = now
+            self._first_push_at = None
             return
+        if count and self._first_push_at is None:
+            self._first_push_at = now
         open_step = quorum_lib.OpenStep(
             step=step, count=count, admitted=admitted,
             open_for_s=now - self._open_since,
             replicas_to_aggregate=self._protocol.replicas_to_aggregate,
-            total_num_replicas=self._protocol.total_num_replicas, now=now)
+            total_num_replicas=self._protocol.total_num_replicas, now=now,
+            waiting_for_s=(now - self._first_push_at
+                           if self._first_push_at is not None else 0.0))
         if now - self._warned_at >= self._stall_warning_s:
             # Never a silent hang, whatever the policy.
             self._warned_at = now
@@ -169,4 +175,4 @@ class StepWatchdog:
             logging.warning(
                 "ps_sync: step %d degraded to a quorum of %d after %.1f s "
                 "(admitted workers %s)", step, decision.quorum,
-                now - self._open_since, list(admitted))
+                open_step.waiting_for_s, list(admitted))
