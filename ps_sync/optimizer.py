@@ -187,6 +187,7 @@ class _SyncReplicasMixin:
                 lambda means: self._cross_replica_apply(
                     strategy, list(zip(means, var_list)), None),
                 self._optimizer.iterations, strategy)
+            self._protocol.prepare_coordinator()
             coordinator = getattr(strategy, "_cluster_coordinator", None)
             if coordinator is not None:
                 self._watchdog = watchdog_lib.StepWatchdog(

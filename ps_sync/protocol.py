@@ -143,9 +143,7 @@ class SyncProtocol(tf.Module):
                         var(tf.zeros(v.shape, v.dtype),
                             "acc_" + v.name.split(":")[0].replace("/", "_")))
         self._device = self.published.device
-        self._set_hold_fn = None
-        self._release_fn = None
-        self._close_fn = None
+        self._fns = None
         self._coordinator_apply = None
 
     # -- graph pieces, all traced inside the worker function ---------------
@@ -434,6 +432,7 @@ class SyncProtocol(tf.Module):
         """How the coordinator applies an update (cross-replica, under
         `strategy`), for `close_if_closable`."""
         self._coordinator_apply = (apply_fn, step_var, strategy)
+        self._fns = None
 
     def close_if_closable(self):
         """From the coordinator: close the open step if it has its (lowered)
@@ -442,11 +441,68 @@ class SyncProtocol(tf.Module):
         number of gradients the step closed with, 0 if it stayed open."""
         if self._coordinator_apply is None:
             return 0
-        apply_fn, step_var, strategy = self._coordinator_apply
-        if self._close_fn is None:
+        strategy = self._coordinator_apply[2]
+        with strategy.scope():
+            return int(self._functions()["close"]().numpy())
+
+    # -- coordinator side ---------------------------------------------------
+
+    def _functions(self):
+        """The coordinator's functions on the protocol PS, built once.
+
+        Adding a function to the eager context registers it on every remote
+        task at once, synchronously and holding the GIL: a function first
+        traced while a worker is stopped or cut off froze the whole
+        coordinator (a watchdog release under a SIGSTOPped worker deadlocked
+        with the thread that was to resume it). `prepare_coordinator`
+        traces them all up front, while the cluster is healthy."""
+        if self._fns is not None:
+            return self._fns
+        fns = {}
+
+        @tf.function
+        def release():
+            cs = self._critical_section([], "release")
+            with tf.device(self._device):
+                def body():
+                    count = tf.reduce_sum(self.waiting)
+                    with tf.control_dependencies([count]):
+                        woken = self._wake_waiters(RELEASE_TOKEN)
+                    with tf.control_dependencies([woken]):
+                        return tf.identity(count)
+                return cs.execute(body, exclusive_resource_access=False)
+        fns["release"] = release.get_concrete_function()
+
+        @tf.function
+        def set_hold(value):
+            cs = self._critical_section([value], "hold")
+            return cs.execute(lambda: self.hold.assign(value,
+                                                       read_value=True),
+                              exclusive_resource_access=False)
+        fns["set_hold"] = set_hold.get_concrete_function(
+            tf.TensorSpec([], tf.int32))
+
+        @tf.function
+        def assign(variable, value):
+            variable.assign(value)
+        for name, spec in (("lowered", tf.TensorSpec([], tf.int64)),
+                           ("hold_every", tf.TensorSpec([], tf.int64))):
+            variable = getattr(self, name)
+            fns["assign_" + name] = functools.partial(
+                assign.get_concrete_function(variable, spec), variable)
+
+        @tf.function
+        def fail(message):
+            # The message first: a closure that sees the flag reads it.
+            with tf.control_dependencies([self.fail_message.assign(message)]):
+                self.failed.assign(1)
+        fns["fail"] = fail.get_concrete_function(tf.TensorSpec([], tf.string))
+
+        if self._coordinator_apply is not None:
+            apply_fn, step_var, strategy = self._coordinator_apply
 
             @tf.function
-            def close_fn():
+            def close():
                 cs = self._critical_section([], "coordinator_close")
                 with tf.device(self._device):
                     return cs.execute(
@@ -454,29 +510,20 @@ class SyncProtocol(tf.Module):
                             self.published.read_value(), step_var, apply_fn,
                             -1, tf.constant(True)),
                         exclusive_resource_access=False)
-            self._close_fn = close_fn
-        with strategy.scope():
-            return int(self._close_fn().numpy())
+            with strategy.scope():
+                fns["close"] = close.get_concrete_function()
+        self._fns = fns
+        return fns
 
-    # -- coordinator side ---------------------------------------------------
+    def prepare_coordinator(self):
+        """Trace every coordinator-side function now (see `_functions`);
+        call after `set_coordinator_apply`, before training."""
+        self._functions()
 
     def release_waiters(self):
         """Wake every registered waiter (from the coordinator): its step
         stays open. Returns how many were woken."""
-        if self._release_fn is None:
-            @tf.function
-            def release_fn():
-                cs = self._critical_section([], "release")
-                with tf.device(self._device):
-                    def body():
-                        count = tf.reduce_sum(self.waiting)
-                        with tf.control_dependencies([count]):
-                            woken = self._wake_waiters(RELEASE_TOKEN)
-                        with tf.control_dependencies([woken]):
-                            return tf.identity(count)
-                    return cs.execute(body, exclusive_resource_access=False)
-            self._release_fn = release_fn
-        return int(self._release_fn().numpy())
+        return int(self._functions()["release"]().numpy())
 
     def oldest_wait_s(self):
         """Seconds the longest current waiter has waited, or 0."""
@@ -490,32 +537,25 @@ class SyncProtocol(tf.Module):
         """Lower the quorum of open step `step`; no effect on any other
         step, so a lowering that races with the step's close is harmless."""
         quorum = max(1, min(int(quorum), self.replicas_to_aggregate))
-        self.lowered.assign(int(step) * 2**16 + quorum)
+        self._functions()["assign_lowered"](
+            tf.constant(int(step) * 2**16 + quorum, tf.int64))
 
     def set_hold(self, on):
         """Hold (or let go) every step close. Runs inside the critical
         section, so once it returns no update is being applied."""
-        if self._set_hold_fn is None:
-            @tf.function
-            def set_hold_fn(value):
-                cs = self._critical_section([value], "hold")
-                return cs.execute(lambda: self.hold.assign(value,
-                                                           read_value=True),
-                                  exclusive_resource_access=False)
-            self._set_hold_fn = set_hold_fn
-        self._set_hold_fn(tf.constant(1 if on else 0, tf.int32))
+        self._functions()["set_hold"](tf.constant(1 if on else 0, tf.int32))
 
     def set_hold_every(self, every_n_updates):
         """Hold every step close after each multiple of `every_n_updates`
         applied updates (0: never), until `set_hold(False)`."""
-        self.hold_every.assign(max(0, int(every_n_updates)))
+        self._functions()["assign_hold_every"](
+            tf.constant(max(0, int(every_n_updates)), tf.int64))
 
     def held(self):
         return bool(self.hold.numpy())
 
     def fail(self, message):
-        self.fail_message.assign(message)
-        self.failed.assign(1)
+        self._functions()["fail"](tf.constant(message))
 
     def open_step(self):
         """(step, count, admitted workers) of the open step, read eagerly.

@@ -93,15 +93,18 @@ class _ProbeRun:
 
     def until_admitted(self, worker, since, timeout_s=150):
         """Run closures until `worker` has a gradient admitted after
-        `since`; returns that push record (None after `timeout_s`)."""
+        `since` to a step that was applied; returns that push record (None
+        after `timeout_s`)."""
         import time
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             self.run(12)
-            pushes, _ = self.records()
+            pushes, steps = self.records()
+            applied = {s["step"]: s["admitted"] for s in steps}
             found = next((p for p in pushes if p["worker"] == worker
                           and p["arrived_at"] > since
-                          and p["outcome"].startswith("admitted")), None)
+                          and p["outcome"].startswith("admitted")
+                          and worker in applied.get(p["step"], ())), None)
             if found is not None:
                 return found
         return None
