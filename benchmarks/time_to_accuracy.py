@@ -2,7 +2,7 @@
 backups, same machines, same injected stragglers, one invocation.
 
   python -m benchmarks.time_to_accuracy [--seeds 0,1,2] [--workers 3]
-      [--backups 1] [--target 0.97] [--train_epochs 6]
+      [--backups 1] [--adaptive_min K] [--target 0.97] [--train_epochs 6]
 
 Every run is a real local cluster started by the launcher (1 chief, 1 PS,
 W worker processes; gRPC over loopback) training small_cnn on scikit-learn's
@@ -11,6 +11,10 @@ worker). The variants share the W workers:
   async     plain ParameterServerStrategy, W workers (--mode=async)
   sync_b0   SyncReplicasWithBackups, N = W, b = 0
   sync_b<b> SyncReplicasWithBackups, N = W - b, b backups
+  sync_adaptive  SyncReplicasWithBackups, N = W, quorum_policy adaptive
+            (ps_sync.quorum.AdaptiveQuorum): each step's quorum chosen
+            between --adaptive_min (default W - the largest b) and W from
+            the arrivals the watchdog observed, i.e. a per-step b.
 The straggler schedule (default: the one of cluster_specs/local_no_backup.json,
 put on the last worker) is the same for every variant of a seed: same
 distribution and same RNG seed, so the same sequence of pauses (their
@@ -18,7 +22,9 @@ alignment with training differs from run to run). Runs are interleaved
 round-robin over seeds.
 
 Every variant trains for the same number of epochs of *applied* examples
-(an async update applies one batch, a sync update N) and evaluates on the
+(an async update applies one batch, a sync update N; the adaptive variant's
+budget is counted at N = W, so when it lowers its quorum it applies fewer
+examples in as many updates) and evaluates on the
 chief every `--eval_every_examples` applied examples (so each variant
 evaluates as often per epoch). Measured, per run:
   time_to_target_s  training time (from model.fit's start; includes tracing
@@ -40,13 +46,31 @@ DEFAULT_STRAGGLERS = os.path.join(common.REPO_ROOT, "cluster_specs",
 BATCH = 32  # small_cnn's recipe batch per worker (models/recipes.py)
 
 
-def variants(workers, backups):
-    """name -> (mode, N)."""
-    out = {"async": ("async", workers), "sync_b0": ("sync", workers)}
+def variants(workers, backups, adaptive_min=None):
+    """name -> (mode, N, adaptive minimum or None)."""
+    out = {"async": ("async", workers, None),
+           "sync_b0": ("sync", workers, None)}
     for b in backups:
         if b > 0:
-            out["sync_b%d" % b] = ("sync", workers - b)
+            out["sync_b%d" % b] = ("sync", workers - b, None)
+    if adaptive_min is None:
+        adaptive_min = workers - max(backups)
+    if adaptive_min < workers:
+        out["sync_adaptive"] = ("sync", workers, adaptive_min)
     return out
+
+
+def admitted_per_update(run_dir):
+    """Sync only: mean gradients per applied update and how many updates
+    took each count (telemetry)."""
+    sizes = [len(s["admitted"]) for s in
+             common.read_jsonl(os.path.join(run_dir, "steps.jsonl"))]
+    if not sizes:
+        return None, {}
+    counts = {}
+    for k in sizes:
+        counts[str(k)] = counts.get(str(k), 0) + 1
+    return round(sum(sizes) / len(sizes), 3), counts
 
 
 def eval_every_updates(mode, n, eval_every_examples):
@@ -71,7 +95,7 @@ def first_update_s(run_dir, history):
     return min(s["closed_at"] for s in steps) - start[0]
 
 
-def run_one(args, name, mode, n, seed, stragglers, run_root):
+def run_one(args, name, mode, n, adaptive_min, seed, stragglers, run_root):
     spec = common.base_spec("tta-%s-s%d" % (name, seed), args.workers, n,
                             common.with_seed(stragglers, seed),
                             keepalive_ms=args.grpc_keepalive_ms)
@@ -81,13 +105,21 @@ def run_one(args, name, mode, n, seed, stragglers, run_root):
                  mode, n, args.eval_every_examples),
              "--checkpoint_every_updates=0",
              "--target_accuracy=%g" % args.target]
+    if adaptive_min is not None:
+        flags += ["--quorum_policy=adaptive",
+                  "--min_replicas_to_aggregate=%d" % adaptive_min]
     r = common.launch(spec, os.path.join(run_root, "%s-s%d" % (name, seed)),
                       flags, args.timeout_s)
     s = r["summary"]
     history = s["eval_history"]
+    sync = mode == "sync"
+    mean_k, k_counts = (admitted_per_update(r["run_dir"]) if sync
+                        else (None, {}))
     return {
         "variant": name, "seed": seed, "mode": mode,
-        "replicas_to_aggregate": n if mode == "sync" else 1,
+        "replicas_to_aggregate": n if sync else 1,
+        "min_replicas_to_aggregate": adaptive_min,
+        "admitted_per_update_mean": mean_k, "admitted_per_update": k_counts,
         "workers": args.workers, "updates": s["updates"],
         "train_time_s": s["train_time_s"], "wall_s": round(r["wall_s"], 2),
         "time_to_target_s": time_to_target(history, args.target),
@@ -95,7 +127,7 @@ def run_one(args, name, mode, n, seed, stragglers, run_root):
         "best_top1": max(h["top1"] for h in history),
         "wasted_share": s["wasted_share"],
         "first_update_s": (first_update_s(r["run_dir"], history)
-                           if mode == "sync" else None),
+                           if sync else None),
         "pauses": s["pauses"], "grpc_stalls": r["grpc_stalls"],
         "run_dir": r["run_dir"],
         "curve": [[h["elapsed_s"], h["update"], h["top1"]] for h in history],
@@ -114,6 +146,8 @@ def aggregate(runs, names, target):
             "time_to_target_s_each": times,
             "final_top1_mean": common.mean([r["final_top1"] for r in mine]),
             "final_top1_each": [r["final_top1"] for r in mine],
+            "admitted_per_update_mean": common.mean(
+                [r["admitted_per_update_mean"] for r in mine]),
             "train_time_s_mean": common.mean([r["train_time_s"]
                                               for r in mine]),
             "grpc_stalls": sum(r["grpc_stalls"] for r in mine)}
@@ -122,14 +156,17 @@ def aggregate(runs, names, target):
 
 def ratios(runs, names):
     """Per seed, time to target of each sync-with-backups variant over
-    async's and over sync_b0's (seeds where both reached the target)."""
+    async's and over sync_b0's, and the adaptive one's over every other
+    variant's (seeds where both reached the target)."""
     out = {}
     by = {(r["variant"], r["seed"]): r for r in runs}
     seeds = sorted({r["seed"] for r in runs})
     for name in names:
-        if not name.startswith("sync_b") or name == "sync_b0":
+        if not name.startswith("sync_") or name == "sync_b0":
             continue
-        for other in ("async", "sync_b0"):
+        others = ([o for o in names if o != name]
+                  if name == "sync_adaptive" else ["async", "sync_b0"])
+        for other in others:
             values = []
             for seed in seeds:
                 a, b = by.get((name, seed)), by.get((other, seed))
@@ -184,6 +221,10 @@ def parse_args(argv):
     p.add_argument("--workers", type=common.positive_int, default=3)
     p.add_argument("--backups", type=common.int_list, default=[1],
                    help="b values for the sync-with-backups variants")
+    p.add_argument("--adaptive_min", type=common.positive_int, default=None,
+                   help="sync_adaptive's smallest quorum (default: workers "
+                   "minus the largest of --backups); the variant is left "
+                   "out when it equals the workers")
     p.add_argument("--variants", default=None,
                    help="comma-separated subset of the variants to run "
                    "(default: all)")
@@ -204,7 +245,10 @@ def parse_args(argv):
     if any(b < 0 or b >= args.workers for b in args.backups):
         p.error("--backups must be between 0 and workers-1 (%d)"
                 % (args.workers - 1))
-    all_variants = variants(args.workers, args.backups)
+    if args.adaptive_min is not None and args.adaptive_min > args.workers:
+        p.error("--adaptive_min must be between 1 and the workers (%d)"
+                % args.workers)
+    all_variants = variants(args.workers, args.backups, args.adaptive_min)
     if args.variants:
         chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
         unknown = [v for v in chosen if v not in all_variants]
@@ -227,21 +271,22 @@ def main(argv=None):
     machine = common.machine_start()
     runs = []
     for seed, name in common.interleaved(args.seeds, names):
-        mode, n = args.variant_table[name]
+        mode, n, adaptive_min = args.variant_table[name]
         common.say("run %s seed %d ..." % (name, seed))
         try:
-            r = run_one(args, name, mode, n, seed, args.straggler_entries,
-                        args.run_root)
+            r = run_one(args, name, mode, n, adaptive_min, seed,
+                        args.straggler_entries, args.run_root)
         except common.BenchmarkError as e:
             sys.stderr.write("time_to_accuracy: error: %s\n" % e)
             return 1
         runs.append(r)
         common.say("  %s seed %d: target %s at %s s, final %.4f, %d updates "
-                   "in %.1f s, gRPC stalls %d" % (
+                   "in %.1f s, %s gradients per update, gRPC stalls %d" % (
                        name, seed, args.target,
                        "%.1f" % r["time_to_target_s"]
                        if r["time_to_target_s"] is not None else "never",
                        r["final_top1"], r["updates"], r["train_time_s"],
+                       r["admitted_per_update_mean"] or 1,
                        r["grpc_stalls"]))
     report = {
         "benchmark": "time_to_accuracy", "command": " ".join(
@@ -250,8 +295,9 @@ def main(argv=None):
         "args": {k: v for k, v in vars(args).items()
                  if k not in ("variant_table", "straggler_entries")},
         "variants": {k: {"mode": m, "replicas_to_aggregate": n,
+                         "min_replicas_to_aggregate": lo,
                          "workers": args.workers}
-                     for k, (m, n) in args.variant_table.items()},
+                     for k, (m, n, lo) in args.variant_table.items()},
         "stragglers": args.straggler_entries,
         "machine": common.machine_end(machine),
         "runs": runs, "summary": aggregate(runs, names, args.target),
@@ -259,7 +305,7 @@ def main(argv=None):
     path = common.write_report(args.out, report)
     plot(runs, names, args.target, args.out + ".png")
     for name, s in report["summary"].items():
-        common.say("%-8s reached %d/%d, time to target mean %s s, final "
+        common.say("%-13s reached %d/%d, time to target mean %s s, final "
                    "top1 mean %.4f" % (
                        name, s["reached_target"], s["runs"],
                        "%.1f" % s["time_to_target_s_mean"]
