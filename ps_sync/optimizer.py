@@ -226,8 +226,9 @@ class _SyncReplicasMixin:
                                        self._optimizer.iterations, apply_fn)
 
         outcome = replica_context.merge_call(push)
+        # Read where the outcome is, on the PS: no round trip to the worker.
         with tf.control_dependencies([outcome]):
-            return tf.identity(self._optimizer.iterations.read_value())
+            return self._optimizer.iterations.read_value()
 
 
 @tf.keras.utils.register_keras_serializable(package="ps_sync",

@@ -14,6 +14,16 @@ fresh iff tag == current step: if any apply had started after the tag was
 read, the step would be larger. A gradient computed on a mix of versions
 therefore always carries a stale tag (invariant 1).
 
+Sending. Neither of a push's two critical sections waits for the worker
+while it holds the lock: every cross-device hop under the lock would
+serialise all workers behind one round trip (and behind a worker lost
+mid-send). Once the gradients exist, a short critical section gives a fresh,
+non-duplicate push leave to send while the open step is not full
+(`_reserve`); a push refused is certain to be dropped and sends nothing. The
+gradients with leave go straight to the shards of their accumulators, and
+only once all of them are there does the push take the lock again to admit,
+accumulate and maybe apply: all PS-local work.
+
 Waiting. An admitted worker that did not close its step blocks on its own
 wake-up queue on the protocol PS instead of computing a gradient certain to
 be dropped. Every wake-up goes through the critical section and puts one
@@ -34,8 +44,9 @@ DROPPED_STALE = 0      # computed on an older version
 DROPPED_DUPLICATE = 1  # this worker already contributed to the open step
 ADMITTED = 2           # counted in the open step, which stays open
 ADMITTED_CLOSED = 3    # counted, and completed the quorum: step applied
-DROPPED_LATE = 4       # fresh, but the step's quorum was already full (only
-                       # while a checkpoint holds the step open)
+DROPPED_LATE = 4       # fresh, but the step's quorum was already full when
+                       # it asked to send (not sent), or when it arrived
+                       # (while a checkpoint holds the step open)
 POLICY_CLOSED = 5      # not a push outcome: a step closed by a push that did
                        # not count in it, or by the coordinator (a lowered
                        # quorum, or the end of a checkpoint hold)
@@ -289,7 +300,7 @@ class SyncProtocol(tf.Module):
             return tf.constant(True)
 
     def _admit_and_maybe_apply(self, worker, computed_at, grads, step_var,
-                               apply_fn):
+                               apply_fn, sent=True):
         """Body of the push's critical section: (outcome, failed).
 
         The step closes here once its admitted count reaches the quorum: on
@@ -312,6 +323,12 @@ class SyncProtocol(tf.Module):
             tf.where(tf.equal(self.admitted[worker], 1), DROPPED_DUPLICATE,
                      tf.where(self.count >= self._quorum(step), DROPPED_LATE,
                               ADMITTED)))
+        # A push refused leave to send (`_reserve`) was stale, a duplicate or
+        # late when it asked, so it still is; the exception, a quorum lowered
+        # in between, drops it all the same: nothing arrived to admit.
+        outcome = tf.where(tf.logical_and(tf.equal(outcome, ADMITTED),
+                                          tf.logical_not(sent)),
+                           DROPPED_LATE, outcome)
 
         def admit():
             with tf.control_dependencies(self._accumulate(grads)):
@@ -391,32 +408,86 @@ class SyncProtocol(tf.Module):
         with tf.control_dependencies([count, retagged]):
             return tf.identity(ended)
 
+    def _reserve(self, worker):
+        """Body of the short critical section a push takes once its gradients
+        exist: may they be sent? Only if fresh, not a duplicate, and the open
+        step is not full yet; a push refused is certain to be dropped (a
+        stale tag stays stale, a duplicate stays one until the step closes,
+        a full step closes or stays held). Leave is not a slot: several
+        pushes may race for the last place and the first to arrive takes
+        it. A held slot would let a straggler stopped between asking and
+        sending hold the step while the backups were refused."""
+        published = self.published.read_value()
+        return tf.logical_and(
+            tf.logical_and(tf.equal(self.worker_tag[worker], published),
+                           tf.equal(self.admitted[worker], 0)),
+            self.count.read_value() < self._quorum(published))
+
+    def _send_if_reserved(self, reserved, grads):
+        """Each gradient on its accumulator's shard if `reserved`, else zeros
+        made there: a gradient certain to be dropped never leaves the worker.
+        None if a shape is dynamic (then the admission gates the transfer,
+        under the lock)."""
+        out = []
+        for acc, g in zip(self.accumulators, grads):
+            if isinstance(g, tf.IndexedSlices):
+                parts = [g.values, g.indices]
+                zeros = [(tf.TensorShape([0]).concatenate(g.values.shape[1:]),
+                          g.values.dtype),
+                         (tf.TensorShape([0]), g.indices.dtype)]
+            else:
+                parts, zeros = [g], [(g.shape, g.dtype)]
+            if not all(shape.is_fully_defined() for shape, _ in zeros):
+                return None
+            with tf.device(acc.device):
+                sent = tf.cond(reserved,
+                               lambda parts=parts: [tf.identity(t)
+                                                    for t in parts],
+                               lambda zeros=zeros: [tf.zeros(shape, dtype)
+                                                    for shape, dtype in zeros])
+            out.append(tf.IndexedSlices(sent[0], sent[1], g.dense_shape)
+                       if isinstance(g, tf.IndexedSlices) else sent[0])
+        return out
+
     def push(self, worker, grads, step_var, apply_fn):
         """One worker's push of `grads` (aligned with the var_list).
 
         `step_var` is the global step (the wrapped optimizer's iterations);
         `apply_fn(mean_grads)` applies one update and advances it. Returns the
-        push outcome; raises (in-graph) if the quorum policy failed the run.
+        push outcome (on the protocol PS); raises (in-graph) if the quorum
+        policy failed the run.
         """
-        computed_at = tf.timestamp()
-        worker = tf.cast(worker, tf.int32)
         deps = [g.values if isinstance(g, tf.IndexedSlices) else g
                 for g in grads]
-        cs = self._critical_section(deps, "push")
-        # The body runs on the protocol PS: one round trip per push. Only an
-        # admitted gradient travels (the admit branch's inputs are gated).
+        with tf.control_dependencies(deps):
+            computed_at = tf.timestamp()
+        with tf.device(self._device):
+            worker = tf.cast(worker, tf.int32)
+            computed_at = tf.identity(computed_at)
+        # Asked once the gradients exist (computed_at waits for them).
+        leave_cs = self._critical_section([worker, computed_at], "leave")
+        with tf.device(self._device):
+            reserved = leave_cs.execute(lambda: self._reserve(worker),
+                                        exclusive_resource_access=False)
+        sent = self._send_if_reserved(reserved, grads)
+        if sent is None:
+            sent, reserved = grads, tf.constant(True)
+        after = [t for g in sent for t in (
+            (g.values, g.indices) if isinstance(g, tf.IndexedSlices) else (g,))]
+        cs = self._critical_section(after + [reserved], "push")
         with tf.device(self._device):
             outcome, waits = cs.execute(
                 lambda: self._admit_and_maybe_apply(
-                    worker, computed_at, grads, step_var, apply_fn),
+                    worker, computed_at, sent, step_var, apply_fn,
+                    sent=reserved),
                 exclusive_resource_access=False)
-        # An admitted worker that did not close the step would only compute a
-        # gradient certain to be dropped: wait for the new version instead.
-        # (A worker that dies waiting leaves a wake-up token in its queue:
-        # restarted, it wakes early once, pushes a duplicate, waits again.)
-        waited = tf.cond(waits, lambda: self._wait_for_close(worker),
-                         lambda: tf.constant(-1))
-        with tf.device(self._device):
+            # An admitted worker that did not close the step would only
+            # compute a gradient certain to be dropped: wait for the new
+            # version instead. (A worker that dies waiting leaves a wake-up
+            # token in its queue: restarted, it wakes early once, pushes a
+            # duplicate, waits again.)
+            waited = tf.cond(waits, lambda: self._wait_for_close(worker),
+                             lambda: tf.constant(-1))
             # Read after the wait: the run may have failed meanwhile.
             with tf.control_dependencies([waited]):
                 ok = tf.equal(self.failed.read_value(), 0)
@@ -425,8 +496,8 @@ class SyncProtocol(tf.Module):
                 message = self.fail_message.read_value()
             check = tf.debugging.Assert(ok, [message],
                                         name="ps_sync_quorum_failed")
-        with tf.control_dependencies([check]):
-            return tf.identity(outcome)
+            with tf.control_dependencies([check]):
+                return tf.identity(outcome)
 
     def set_coordinator_apply(self, apply_fn, step_var, strategy):
         """How the coordinator applies an update (cross-replica, under

@@ -176,10 +176,20 @@ def test_killed_worker_is_not_waited_for_and_rejoins_after_restart(tmp_path):
     # While worker-2 was down (40 closures), updates kept being applied, one
     # per 2 pushes of workers 0 and 1, without waiting for it.
     assert r["down_to"] - r["down_from"] >= 15, msg
-    down_rows = r["rows"][r["down_from"]:r["down_to"]]
-    assert all(row == [0, 1] for row in down_rows), msg
-    assert not [p for p in r["pushes"] if p["worker"] == 2
-                and r["kill_time"] < p["arrived_at"] < r["restart_time"]], msg
+    # Gradients worker-2 finished before the kill may still be admitted (a
+    # step open at the kill, or a whole gradient sent just before it);
+    # nothing it computed after the kill arrives.
+    mine = [p for p in r["pushes"] if p["worker"] == 2
+            and p["arrived_at"] < r["restart_time"]]
+    assert all(p["computed_at"] < r["kill_time"] for p in mine), (msg, mine)
+    assert len([p for p in mine if p["arrived_at"] > r["kill_time"]]) <= 1, (
+        msg, mine)
+    before_kill = {p["step"] for p in mine
+                   if p["outcome"].startswith("admitted")}
+    down = range(r["down_from"], r["down_to"])
+    assert all(r["rows"][s] == [0, 1] for s in down
+               if s not in before_kill), (msg, [r["rows"][s] for s in down])
+    assert len(before_kill.intersection(down)) <= 1, msg
     # Restarted, it rejoined and was admitted to a step that was applied.
     assert r["rejoined"] is not None, msg
     applied = {s["step"]: s for s in r["step_records"]}
