@@ -62,8 +62,10 @@ def test_config_round_trip_and_errors():
         quorum.TimeoutThenDegrade(0, 1)
 
 
-def _stuck_worker_run(policy, max_wait_s=600.0):
-    """3 workers, all 3 needed, worker 2 stalls 6 s on every batch."""
+def _stuck_worker_run(policy, max_wait_s=600.0, delays=(0.0, 0.0, 6.0),
+                      closures=12):
+    """3 workers, all 3 needed, worker 2 stalls `delays[2]` (6 s) on every
+    batch."""
     import tensorflow as tf
     from ps_sync.optimizer import SyncReplicasWithBackups
     from ps_sync.testing import inprocess_cluster
@@ -78,13 +80,13 @@ def _stuck_worker_run(policy, max_wait_s=600.0):
                                       quorum_policy=policy,
                                       max_wait_s=max_wait_s)
     iterator = iter(coordinator.create_per_worker_dataset(
-        probe.delayed_dataset_fn([0.0, 0.0, 6.0], 3)))
+        probe.delayed_dataset_fn(list(delays), 3)))
 
     step = probe.train_step_fn(strategy, model, opt)
 
     error = None
     try:
-        for _ in range(12):
+        for _ in range(closures):
             coordinator.schedule(step, args=(iterator,))
         coordinator.join()
     except Exception as e:  # pylint: disable=broad-except
@@ -129,6 +131,21 @@ def test_max_wait_releases_waiters_but_never_applies_a_short_step():
     # The fixed quorum still holds: every applied update has all 3 workers.
     assert r["degraded"] == []
     assert all(sorted(a) == [0, 1, 2] for a in r["full"])
+
+
+def test_adaptive_quorum_leaves_a_slow_worker_behind():
+    # Workers 0 and 1 take milliseconds a step, worker 2 half a second:
+    # steps close between two watchdog polls, so only the PS log shows
+    # what waiting for worker 2 costs.
+    r = fresh_interpreter.run(
+        HERE + ":_stuck_worker_run",
+        dict(policy={"policy": "adaptive", "min_replicas_to_aggregate": 2,
+                     "warmup_steps": 3},
+             delays=(0.0, 0.0, 0.5), closures=40), timeout=240)
+    assert r["error"] is None
+    assert len(r["degraded"]) >= 3
+    assert all(len(a) == 2 for a in r["degraded"])
+    assert r["iterations"] == len(r["degraded"]) + len(r["full"])
 
 
 def test_a_stalled_step_is_logged_naming_the_workers_it_waits_for():
