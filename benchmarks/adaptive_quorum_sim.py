@@ -4,8 +4,9 @@
 
 100 machines, one worker each. Fixed policies run N = 100 - b for several
 b; the adaptive policy (ps_sync.quorum.AdaptiveQuorum, the same object the
-coordinator's watchdog runs, polled every 50 ms like it) runs N = 100 and
-lowers each step's quorum down to at least 70. Updates differ in size, so
+coordinator's watchdog runs, polled every 50 ms like it and fed the exact
+arrivals of the PS log like it) runs N = 100 and lowers each step's quorum
+down to at least 70. Updates differ in size, so
 the yardstick is predicted time to converge: each update of k gradients
 advances 1 / steps(32 k) of the way (the steps-to-converge curve of
 ps_sync.recommend, an ASSUMED critical-batch curve by default), and time to

@@ -39,20 +39,10 @@ import uuid
 
 import tensorflow as tf
 
-# Push outcomes (telemetry records and per-worker counters).
-DROPPED_STALE = 0      # computed on an older version
-DROPPED_DUPLICATE = 1  # this worker already contributed to the open step
-ADMITTED = 2           # counted in the open step, which stays open
-ADMITTED_CLOSED = 3    # counted, and completed the quorum: step applied
-DROPPED_LATE = 4       # fresh, but the step's quorum was already full when
-                       # it asked to send (not sent), or when it arrived
-                       # (while a checkpoint holds the step open)
-POLICY_CLOSED = 5      # not a push outcome: a step closed by a push that did
-                       # not count in it, or by the coordinator (a lowered
-                       # quorum, or the end of a checkpoint hold)
-OUTCOME_NAMES = ("dropped_stale", "dropped_duplicate", "admitted",
-                 "admitted_closed", "dropped_late", "policy_closed")
-NUM_PUSH_OUTCOMES = 5
+# Push outcomes and telemetry columns (pure Python, shared with readers).
+from ps_sync.steplog import (  # pylint: disable=unused-import
+    ADMITTED, ADMITTED_CLOSED, DROPPED_DUPLICATE, DROPPED_LATE, DROPPED_STALE,
+    LOG_FIELDS, NUM_PUSH_OUTCOMES, OUTCOME_NAMES, POLICY_CLOSED)
 
 # Ways a wait for the step to close can end.
 WAIT_CLOSED = 0      # the step was applied
@@ -62,9 +52,6 @@ WAIT_FAILED = 2      # the policy failed the run
 WAIT_NAMES = ("closed", "released", "failed")
 RELEASE_TOKEN = -1   # a wake-up token that is not a new step
 
-# Telemetry ring buffer columns, one row per push (and per policy close).
-LOG_FIELDS = ("step", "tag", "worker", "ready_at", "computed_at",
-              "arrived_at", "outcome", "admitted_rank", "quorum")
 LOG_CAPACITY = 8192
 
 

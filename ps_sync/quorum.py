@@ -25,6 +25,10 @@ class OpenStep:
     # what a quorum timeout counts, so that workers still starting up
     # (tracing, restoring) are not taken for stragglers.
     waiting_for_s: float = 0.0
+    # When the step opened, exactly (the PS log's close of the step before),
+    # on the clock of `now`: the PS wall clock, time.time() on its host. None
+    # if unknown; `open_for_s` is then all there is.
+    opened_at: float = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,17 +126,23 @@ class AdaptiveQuorum(QuorumPolicy):
     returns of larger batches). Backups become dynamic, in the spirit of
     Dynamic Backup Workers (Xu, Neglia, Sebastianelli 2020).
 
-    It only sees what the watchdog sees: the open step's admitted count at
-    each poll. From that it keeps, over the last `window` steps, the time
-    after the step opened at which each count was first seen, and the time
-    each step closed (at its quorum). The quorum is lowered to the current
-    count once that count reaches the best k; it stays between
+    It keeps, over the last `window` steps, the time after each step opened
+    at which its k-th gradient arrived. Given `observe` (the watchdog and
+    the simulator call it with steplog.ClosedStep records of the PS log),
+    those times are exact, and include the gradients that came after the
+    step closed; a gradient still missing when the record was finalised
+    counts as arriving then (a lower bound). Without `observe` it only has
+    the open step's admitted count at each `decide` (a poll): the time each
+    count was first seen, and the time the step closed, which misses every
+    step that opens and closes between two polls. The quorum is lowered to
+    the current count once that count reaches the best k; it stays between
     `min_replicas_to_aggregate` and N. Counts above the quorum it lowers to
-    are never seen, so every `explore_every`-th step waits for
-    `explore_span` more (N if None), and the first `warmup_steps` observed
-    steps wait for N. A step open `slack` times longer than the expected
-    time to the largest count seen (more than b stragglers) closes with
-    what it has once it has at least the minimum.
+    are seen only if they come before the record is final, so every
+    `explore_every`-th step waits for `explore_span` more (N if None), and
+    the first `warmup_steps` observed steps wait for N. A step open `slack`
+    times longer than the expected time to the largest count seen (more
+    than b stragglers) closes with what it has once it has at least the
+    minimum.
     """
 
     name = "adaptive"
@@ -169,21 +179,39 @@ class AdaptiveQuorum(QuorumPolicy):
         self._lowered_to = None
         self._times = {}
         self._target = None
+        self._exact = False   # observe() feeds the history
+        self._n = None
         self.decisions = []   # (step, quorum) of every lowering
+
+    def observe(self, closed):
+        """Learn one closed step's exact arrivals (a steplog.ClosedStep);
+        from the first call on, polls no longer feed the history."""
+        if not self._exact:
+            self._exact = True
+            self._history.clear()
+        seen = dict(enumerate(closed.offsets, 1))
+        for k in range(len(closed.offsets) + 1, (self._n or 0) + 1):
+            seen[k] = closed.final_s
+        self._history.append(seen)
+        self._refresh()
+
+    def _refresh(self):
+        # Once per step, not per poll: the window can be long.
+        self._times = self.expected_times()
+        self._target = (None if self._n is None
+                        else self.best_quorum(self._n, self._times))
 
     def _finish_step(self, open_step, now):
         """Record the step that just closed (it closed when this one
-        opened), if it was the one before."""
+        opened), if it was the one before and polls feed the history."""
         opened = now - open_step.open_for_s
-        if self._step is not None and open_step.step == self._step + 1:
+        if (not self._exact and self._step is not None
+                and open_step.step == self._step + 1):
             closed_with = self._lowered_to or open_step.replicas_to_aggregate
             seen = dict(self._seen)
             seen[closed_with] = opened - self._opened
             self._history.append(seen)
-            # Once per step, not per poll: the window can be long.
-            self._times = self.expected_times()
-            self._target = self.best_quorum(open_step.replicas_to_aggregate,
-                                            self._times)
+            self._refresh()
         self._step = open_step.step
         self._opened = opened
         self._seen = {}
@@ -216,9 +244,14 @@ class AdaptiveQuorum(QuorumPolicy):
     def decide(self, open_step):
         now = open_step.now
         if now is None:
-            now = time.monotonic()
+            now = time.time()
+        if open_step.replicas_to_aggregate != self._n:
+            self._n = open_step.replicas_to_aggregate
+            self._refresh()
         if open_step.step != self._step:
             self._finish_step(open_step, now)
+        if open_step.opened_at is not None:
+            self._opened = open_step.opened_at
         for c in range(1, open_step.count + 1):
             self._seen.setdefault(c, now - self._opened)
         n = open_step.replicas_to_aggregate

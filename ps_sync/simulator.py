@@ -41,7 +41,9 @@ What is modelled, and why each piece (semantics of ps_sync/protocol.py):
 - Quorum policies: the `ps_sync.quorum` policy objects themselves are polled
   every `poll_s` like the coordinator's step watchdog does; a lowered quorum
   closes the step at once (the coordinator's close goes through the PS queue
-  too) or on the next fresh push.
+  too) or on the next fresh push. A policy with `observe` learns from the
+  rows the PS's telemetry log would hold (arrived_at: when the push's
+  service starts), through the same steplog.StepArrivals as the watchdog.
 
 Times are in seconds of simulated time; the clock starts with every worker
 ready to compute on version 0.
@@ -54,6 +56,7 @@ import random
 import statistics
 
 from ps_sync import quorum as quorum_lib
+from ps_sync import steplog
 
 
 # -- worker-time distributions ----------------------------------------------
@@ -413,6 +416,9 @@ class _Sim:
         self.duplicates = 0
         self.compute_times = []
         self.push_times = []
+        policy = cluster.quorum_policy
+        self.step_log = (steplog.StepArrivals()
+                         if hasattr(policy, "observe") else None)
 
     def push_event(self, t, kind, data=None):
         self.seq += 1
@@ -561,19 +567,23 @@ class _Sim:
         cost = self.c.push_cost_s
         if tag != self.step:
             # Dropped as stale; retagged with the open step at once.
+            self._log("dropped_stale", tag)
             return cost, [(0.0, w, self.step)]
         if w in self.admitted:
             # Woken by another's token: a second push to the same step.
             self.duplicates += 1
+            self._log("dropped_duplicate", tag)
             return cost, [(0.0, w, self.step)]
         self.admitted_pushes += 1
         self.count += 1
         self.admitted.append(w)
         self.offsets.append(self.now - self.open_at)
         if self.count >= self._quorum():
+            self._log("admitted_closed", tag)
             cost += self.c.apply_cost_s
             wakes = self._close(self.now + cost)
             return cost, [(0.0, w, self.step)] + wakes
+        self._log("admitted", tag)
         self.waiting.append(w)
         if self.c.shared_wake_queue:
             self.push_event(self.now + cost, self.DEQUEUE, w)
@@ -591,11 +601,22 @@ class _Sim:
 
     def _coordinator_close(self):
         if self.count and self.count >= self._quorum():
+            self._log("policy_closed", self.step)
             cost = self.c.apply_cost_s
             return cost, self._close(self.now + cost)
         return 0.0, []
 
     # -- quorum policy -----------------------------------------------------
+
+    def _log(self, outcome, tag):
+        """A PS log row, for a policy that learns from them; admitted_rank
+        is the open step's count (what the close rows carry)."""
+        if self.step_log is None:
+            return
+        for closed in self.step_log.add(dict(
+                step=self.step, tag=tag, outcome=outcome,
+                arrived_at=self.now, admitted_rank=self.count)):
+            self.c.quorum_policy.observe(closed)
 
     def on_poll(self):
         policy = self.c.quorum_policy
@@ -607,7 +628,9 @@ class _Sim:
                 replicas_to_aggregate=self.c.replicas_to_aggregate,
                 total_num_replicas=self.c.num_workers, now=self.now,
                 waiting_for_s=(self.now - self.open_at - self.offsets[0]
-                               if self.offsets else 0.0)))
+                               if self.offsets else 0.0),
+                opened_at=(self.step_log.opened_at(self.step)
+                           if self.step_log is not None else None)))
             if decision is not None and decision.quorum is not None:
                 self.lowered = (self.step, max(1, min(
                     decision.quorum, self.c.replicas_to_aggregate)))

@@ -26,24 +26,11 @@ import threading
 
 from absl import logging
 
-from ps_sync import protocol as protocol_lib
+from ps_sync import steplog
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = steplog.SCHEMA_VERSION
 PUSHES_FILE = "pushes.jsonl"
 STEPS_FILE = "steps.jsonl"
-
-
-def _push_record(row, run_id):
-    fields = dict(zip(protocol_lib.LOG_FIELDS, row))
-    return {"type": "push", "v": SCHEMA_VERSION, "run_id": run_id,
-            "step": int(fields["step"]), "tag": int(fields["tag"]),
-            "worker": int(fields["worker"]),
-            "ready_at": float(fields["ready_at"]),
-            "computed_at": float(fields["computed_at"]),
-            "arrived_at": float(fields["arrived_at"]),
-            "outcome": protocol_lib.OUTCOME_NAMES[int(fields["outcome"])],
-            "admitted_rank": int(fields["admitted_rank"]),
-            "quorum": int(fields["quorum"])}
 
 
 class TelemetryWriter:
@@ -106,7 +93,7 @@ class TelemetryWriter:
             run_id = self._protocol.run_id
             pushes, steps = [], []
             for row in rows:
-                record = _push_record(row, run_id)
+                record = steplog.push_record(row, run_id)
                 if record["outcome"] == "policy_closed":
                     steps.append(self._step_record(record, record["worker"]))
                     continue

@@ -18,6 +18,12 @@ but never silently. The policy may lower the step's
 quorum (the next push then closes it, a degraded step) or fail the run: the
 protocol PS is flagged, so every closure raises, and the coordinator's queue
 is failed too, so `join()` raises even when no worker is left to run one.
+A policy with `observe` (AdaptiveQuorum) also gets every closed step's exact
+arrival times from the PS's telemetry log, which the watchdog then reads at
+each poll with its own cursor (steps at fast rates close between two polls),
+and the time the open step opened, on the PS clock: the watchdog's clock is
+the wall clock, time.time(), the clock of tf.timestamp() (one clock if the
+coordinator runs on the PS host; else as synchronised as the hosts).
 """
 import threading
 import time
@@ -25,6 +31,7 @@ import time
 from absl import logging
 
 from ps_sync import quorum as quorum_lib
+from ps_sync import steplog
 
 
 class QuorumTimeoutError(RuntimeError):
@@ -93,6 +100,10 @@ class StepWatchdog:
         self._stall_warning_s = stall_warning_s
         self._warned_at = None
         self.stall_warnings = 0
+        # Only for policies that learn from it: a log read costs PS reads.
+        self._arrivals = (steplog.StepArrivals()
+                          if hasattr(self._policy, "observe") else None)
+        self._log_next = 0
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name="ps_sync-step-watchdog")
 
@@ -133,13 +144,17 @@ class StepWatchdog:
             logging.warning("ps_sync: releasing waiters after max_wait_s=%g",
                             self._max_wait_s)
             self.releases += bool(self._protocol.release_waiters())
-        now = time.monotonic()
+        if self._arrivals is not None:
+            # Before the open step: its opening is then in the log.
+            self._observe()
+        now = time.time()
         step, count, admitted = self._protocol.open_step()
         if step != self._step or pending == 0:
             self._step, self._open_since = step, now
             self._warned_at = now
             self._first_push_at = None
-            return
+            if pending == 0:
+                return
         if count and self._first_push_at is None:
             self._first_push_at = now
         open_step = quorum_lib.OpenStep(
@@ -148,7 +163,9 @@ class StepWatchdog:
             replicas_to_aggregate=self._protocol.replicas_to_aggregate,
             total_num_replicas=self._protocol.total_num_replicas, now=now,
             waiting_for_s=(now - self._first_push_at
-                           if self._first_push_at is not None else 0.0))
+                           if self._first_push_at is not None else 0.0),
+            opened_at=(self._arrivals.opened_at(step)
+                       if self._arrivals is not None else None))
         if now - self._warned_at >= self._stall_warning_s:
             # Never a silent hang, whatever the policy.
             self._warned_at = now
@@ -176,3 +193,13 @@ class StepWatchdog:
                 "ps_sync: step %d degraded to a quorum of %d after %.1f s "
                 "(admitted workers %s)", step, decision.quorum,
                 open_step.waiting_for_s, list(admitted))
+
+    def _observe(self):
+        """Feed the policy the steps the PS log shows closed since the last
+        poll."""
+        rows, self._log_next, lost = self._protocol.read_log(self._log_next)
+        if lost:
+            self._arrivals.reset()
+        for row in rows:
+            for closed in self._arrivals.add(steplog.push_record(row)):
+                self._policy.observe(closed)

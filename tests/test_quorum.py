@@ -1,8 +1,11 @@
 """Quorum policies: the decisions (pure Python) and a step whose quorum
 cannot arrive, released by each timeout policy on a real cluster."""
+import types
+
 import pytest
 
 from ps_sync import quorum
+from ps_sync import steplog
 from ps_sync.testing import fresh_interpreter
 
 HERE = __name__
@@ -59,8 +62,10 @@ def test_config_round_trip_and_errors():
         quorum.TimeoutThenDegrade(0, 1)
 
 
-def _stuck_worker_run(policy, max_wait_s=600.0):
-    """3 workers, all 3 needed, worker 2 stalls 6 s on every batch."""
+def _stuck_worker_run(policy, max_wait_s=600.0, delays=(0.0, 0.0, 6.0),
+                      closures=12):
+    """3 workers, all 3 needed, worker 2 stalls `delays[2]` (6 s) on every
+    batch."""
     import tensorflow as tf
     from ps_sync.optimizer import SyncReplicasWithBackups
     from ps_sync.testing import inprocess_cluster
@@ -75,13 +80,13 @@ def _stuck_worker_run(policy, max_wait_s=600.0):
                                       quorum_policy=policy,
                                       max_wait_s=max_wait_s)
     iterator = iter(coordinator.create_per_worker_dataset(
-        probe.delayed_dataset_fn([0.0, 0.0, 6.0], 3)))
+        probe.delayed_dataset_fn(list(delays), 3)))
 
     step = probe.train_step_fn(strategy, model, opt)
 
     error = None
     try:
-        for _ in range(12):
+        for _ in range(closures):
             coordinator.schedule(step, args=(iterator,))
         coordinator.join()
     except Exception as e:  # pylint: disable=broad-except
@@ -126,6 +131,21 @@ def test_max_wait_releases_waiters_but_never_applies_a_short_step():
     # The fixed quorum still holds: every applied update has all 3 workers.
     assert r["degraded"] == []
     assert all(sorted(a) == [0, 1, 2] for a in r["full"])
+
+
+def test_adaptive_quorum_leaves_a_slow_worker_behind():
+    # Workers 0 and 1 take milliseconds a step, worker 2 half a second:
+    # steps close between two watchdog polls, so only the PS log shows
+    # what waiting for worker 2 costs.
+    r = fresh_interpreter.run(
+        HERE + ":_stuck_worker_run",
+        dict(policy={"policy": "adaptive", "min_replicas_to_aggregate": 2,
+                     "warmup_steps": 3},
+             delays=(0.0, 0.0, 0.5), closures=40), timeout=240)
+    assert r["error"] is None
+    assert len(r["degraded"]) >= 3
+    assert all(len(a) == 2 for a in r["degraded"])
+    assert r["iterations"] == len(r["degraded"]) + len(r["full"])
 
 
 def test_a_stalled_step_is_logged_naming_the_workers_it_waits_for():
@@ -272,3 +292,137 @@ def test_adaptive_round_trips_through_the_optimizer_config():
         "quorum_policy"]
     assert again.get_config()["quorum_policy"]["policy"] == "adaptive"
     assert again.get_config()["quorum_policy"]["window"] == 30
+
+
+# -- AdaptiveQuorum fed exact arrivals (observe) ---------------------------
+
+def _closed(step, offsets, final_s=None):
+    return steplog.ClosedStep(
+        step=step, opened_at=10.0 * step, closed_at=10.0 * step + offsets[-1],
+        quorum=len(offsets), offsets=tuple(offsets),
+        final_s=offsets[-1] if final_s is None else final_s)
+
+
+def _first_poll(policy, step, count, elapsed, n=3):
+    # The first poll of the step: the watchdog has not seen it open.
+    opened = 10.0 * step
+    return policy.decide(quorum.OpenStep(
+        step=step, count=count, admitted=tuple(range(count)), open_for_s=0.0,
+        replicas_to_aggregate=n, total_num_replicas=n, now=opened + elapsed,
+        opened_at=opened))
+
+
+def test_adaptive_observes_exact_arrivals_and_lowers_to_the_best_k():
+    policy = quorum.AdaptiveQuorum(min_replicas_to_aggregate=2,
+                                   warmup_steps=3, explore_every=100)
+    assert _first_poll(policy, 1, 0, 0.0) is None
+    # The third gradient 2 s after the others (a paused worker): the
+    # second and third came after the close or the record was final, the
+    # policy still knows when. k=2: 2 / 0.12 s, k=3: 3 / 2 s.
+    policy.observe(_closed(1, (0.1, 0.12, 2.0)))
+    policy.observe(_closed(2, (0.1, 0.12), final_s=2.0))  # 3rd: after 2 s
+    policy.observe(_closed(3, (0.1, 0.12, 2.0)))
+    assert policy.expected_times() == pytest.approx(
+        {1: 0.1, 2: 0.12, 3: 2.0})
+    assert policy.best_quorum(3) == 2
+    # Step 4: lowered on its first poll, timed from its exact opening.
+    assert _first_poll(policy, 4, 2, 0.13) == quorum.Decision(quorum=2)
+    assert policy.decisions == [(4, 2)]
+
+
+def test_adaptive_observing_keeps_n_when_every_gradient_comes_together():
+    policy = quorum.AdaptiveQuorum(min_replicas_to_aggregate=1,
+                                   warmup_steps=2)
+    _first_poll(policy, 1, 0, 0.0)
+    for step in (1, 2, 3):
+        policy.observe(_closed(step, (0.9, 0.95, 1.0)))
+    assert policy.best_quorum(3) == 3
+    assert _first_poll(policy, 4, 2, 0.95) is None
+    assert policy.decisions == []
+
+
+def test_adaptive_observing_ignores_polls():
+    policy = quorum.AdaptiveQuorum(min_replicas_to_aggregate=1)
+    policy.observe(_closed(1, (0.1, 0.2, 0.3)))
+    # Polled steps 2 and 3 would add a step closing at 5 s.
+    _poll(policy, 2, 1, 0.1, 0.0)
+    _poll(policy, 3, 0, 5.0, 5.0)
+    assert policy.expected_times() == pytest.approx({1: 0.1, 2: 0.2, 3: 0.3})
+
+
+# -- the watchdog feeds the policy from the PS log --------------------------
+
+class _FakeProtocol:
+    """What the watchdog reads of the protocol PS, as plain Python."""
+    total_num_replicas = replicas_to_aggregate = 3
+
+    def __init__(self, rows, open_step):
+        self.rows, self.open = rows, open_step
+        self.log_reads, self.lowered = 0, []
+
+    def num_waiting(self):
+        return 0
+
+    def read_log(self, start):
+        self.log_reads += 1
+        return self.rows[start:], len(self.rows), 0
+
+    def open_step(self):
+        return self.open
+
+    def lower_quorum(self, step, q):
+        self.lowered.append((step, q))
+
+    def close_if_closable(self):
+        pass
+
+
+def _fake_coordinator(pending):
+    queue = types.SimpleNamespace(
+        _tagged_queue={}, _queue=types.SimpleNamespace(qsize=lambda: 0),
+        _inflight_closure_count=pending)
+    return types.SimpleNamespace(_cluster=types.SimpleNamespace(
+        closure_queue=queue))
+
+
+def _log_rows(base, steps):
+    """Steps 1..steps-1 close with 3, the third gradient 1 s after the
+    first two; step 0 closes at `base`."""
+    rows = [(0, 0, 0, 0.0, 0.0, base, steplog.ADMITTED_CLOSED, 3, 3)]
+    for step in range(1, steps):
+        opened = base + 1.1 * (step - 1)
+        rows += [(step, step, 0, 0.0, 0.0, opened + 0.01, steplog.ADMITTED,
+                  1, 3),
+                 (step, step, 1, 0.0, 0.0, opened + 0.012, steplog.ADMITTED,
+                  2, 3),
+                 (step, step, 2, 0.0, 0.0, opened + 1.1,
+                  steplog.ADMITTED_CLOSED, 3, 3)]
+    return rows
+
+
+def test_watchdog_feeds_the_log_and_decides_on_a_steps_first_poll():
+    import time
+    from ps_sync import watchdog
+    # Steps 1-5 closed between two polls; step 6 opened just now and
+    # already has 2 gradients.
+    rows = _log_rows(time.time() - 5 * 1.1, 6)
+    protocol = _FakeProtocol(rows, (6, 2, (0, 1)))
+    policy = quorum.AdaptiveQuorum(min_replicas_to_aggregate=2,
+                                   warmup_steps=3, explore_every=100)
+    dog = watchdog.StepWatchdog(protocol, _fake_coordinator(3), policy)
+    dog._tick()  # pylint: disable=protected-access
+    # Steps 1-4 are final (step 5 is final once step 6 closes).
+    assert policy.expected_times() == pytest.approx(
+        {1: 0.01, 2: 0.012, 3: 1.1}, abs=1e-6)
+    assert protocol.lowered == [(6, 2)]
+    assert dog.degraded_steps == [(6, 2)]
+
+
+def test_watchdog_reads_no_log_for_policies_that_do_not_learn():
+    from ps_sync import watchdog
+    protocol = _FakeProtocol(_log_rows(0.0, 3), (3, 2, (0, 1)))
+    for policy in (quorum.FixedQuorum(), quorum.TimeoutThenDegrade(2, 1.0)):
+        watchdog.StepWatchdog(protocol, _fake_coordinator(3),
+                              policy)._tick()  # pylint: disable=protected-access
+    assert protocol.log_reads == 0
+    assert protocol.lowered == []

@@ -196,3 +196,21 @@ def test_bad_cluster_is_refused():
         _cluster(3, sim.Fixed(1.0), mode="semi")
     with pytest.raises(ValueError, match="updates or duration_s"):
         sim.simulate(_cluster(3, sim.Fixed(1.0)))
+
+
+def test_adaptive_quorum_learns_steps_shorter_than_a_poll():
+    # Steps of 30 ms, polled every 50 ms: most open and close between two
+    # polls. Worker 2 is paused 2 s in every 3.5 s (SIGSTOP); the policy
+    # learns from the PS log's exact arrivals and leaves it behind.
+    pauses = tuple((2, 1.0 + 3.5 * i, 3.0 + 3.5 * i) for i in range(6))
+    policy = quorum.AdaptiveQuorum(min_replicas_to_aggregate=2,
+                                   warmup_steps=3, explore_every=10)
+    result = sim.simulate(_cluster(3, sim.Fixed(0.03), 3, pauses=pauses,
+                                   quorum_policy=policy),
+                          duration_s=20.0, seed=0)
+    fixed = sim.simulate(_cluster(3, sim.Fixed(0.03), 3, pauses=pauses),
+                         duration_s=20.0, seed=0)
+    assert all(2 <= q <= 3 for q in result.quorums)
+    assert result.quorums.count(2) > result.updates // 4
+    assert result.updates > 1.4 * fixed.updates
+    assert all(q == 2 for _, q in policy.decisions)
