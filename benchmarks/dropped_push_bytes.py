@@ -4,9 +4,14 @@
 
 An in-process cluster (1 PS, 3 workers) pushes a 32 MB dense gradient whose
 forward pass reads one float. With N = 3 every push is admitted; with N = 1
-one push in three is admitted and the others are dropped as stale. If dropped
-gradients were sent to the parameter server, both runs would move about 32 MB
-per push. The loopback counter is machine-wide: run it on a quiet machine.
+one push in three is admitted and the others are dropped. A push is sent
+only with leave (ps_sync.protocol: fresh, not a duplicate, the open step not
+full when it asks); here the three workers compute on the same version at
+the same time and ask before any of them is admitted, so all three get
+leave and send, and two are dropped on arrival: about 32 MB per push in both
+runs. Only a push refused leave (stale or late when it asks, as a
+straggler's is) stays on the worker. The loopback counter is machine-wide:
+run it on a quiet machine.
 """
 import json
 import os

@@ -21,19 +21,29 @@ distribution and same RNG seed, so the same sequence of pauses (their
 alignment with training differs from run to run). Runs are interleaved
 round-robin over seeds.
 
+Evaluation (`--eval`):
+  sidecar   (default) the chief saves a checkpoint every
+            `--eval_every_examples` applied examples and an evaluator task
+            (the launcher's `"evaluator": 1`) evaluates the newest one every
+            `--evaluator_poll_s`; a point's time is the checkpoint's write
+            time. Training runs as one interval, so no join stops it: a
+            paused worker holds back only what waits for it. A sync save
+            holds step closes while it writes (every variant's cost, async's
+            without the hold); training runs all --train_epochs.
+  inline    the chief evaluates every `--eval_every_examples` applied
+            examples itself, after a join of every scheduled closure: each
+            evaluation waits for a paused worker's closure, in every
+            variant, backups included; training stops at the target.
+
 Every variant trains for the same number of epochs of *applied* examples
 (an async update applies one batch, a sync update N; the adaptive variant's
 budget is counted at N = W, so when it lowers its quorum it applies fewer
-examples in as many updates) and evaluates on the
-chief every `--eval_every_examples` applied examples (so each variant
-evaluates as often per epoch). Measured, per run:
-  time_to_target_s  training time (from model.fit's start; includes tracing
-                    and the evaluations) at the first evaluation with test
-                    precision@1 >= target; None if never reached.
+examples in as many updates) and is evaluated every `--eval_every_examples`
+applied examples (as often per epoch). Measured, per run:
+  time_to_target_s  training time (from model.fit's start; includes
+                    tracing) at the first evaluation with test precision@1
+                    >= target; None if never reached.
   final_top1        test precision@1 after the last update.
-Caveat (measured setup, not the paper's): the training program ends each
-evaluation interval with a join of all scheduled closures, so an interval
-end waits for a paused worker's closure in every variant, backups included.
 """
 import argparse
 import os
@@ -78,10 +88,12 @@ def eval_every_updates(mode, n, eval_every_examples):
     return max(1, round(eval_every_examples / per_update))
 
 
-def time_to_target(history, target):
-    for h in history:
-        if h["update"] > 0 and h["top1"] >= target:
-            return h["elapsed_s"]
+def time_to_target(curve, target):
+    """The first (elapsed_s, update, top1) point past update 0 at the
+    target."""
+    for elapsed_s, update, top1 in curve:
+        if update > 0 and top1 >= target:
+            return elapsed_s
     return None
 
 
@@ -95,16 +107,40 @@ def first_update_s(run_dir, history):
     return min(s["closed_at"] for s in steps) - start[0]
 
 
+def sidecar_curve(run_dir, history):
+    """[(elapsed_s, update, top1)]: the evaluator's points, timed by their
+    checkpoint's write from the fit start, then the chief's final one."""
+    # A chief evaluation's `elapsed_s` is taken at its start, `time` at its
+    # end; the last one's gives model.fit's start.
+    last = history[-1]
+    fit_start = last["time"] - (last.get("eval_s") or 0.0) - \
+        (last["elapsed_s"] or 0.0)
+    points = [(h["saved_at"] - fit_start, h["update"], h["top1"])
+              for h in common.read_jsonl(os.path.join(run_dir,
+                                                      "eval_sidecar.jsonl"))
+              if "saved_at" in h]
+    points.sort()
+    return [(h["elapsed_s"], h["update"], h["top1"]) for h in history[:1]] \
+        + points + [(h["elapsed_s"], h["update"], h["top1"])
+                    for h in history[1:]]
+
+
 def run_one(args, name, mode, n, adaptive_min, seed, stragglers, run_root):
     spec = common.base_spec("tta-%s-s%d" % (name, seed), args.workers, n,
                             common.with_seed(stragglers, seed),
                             keepalive_ms=args.grpc_keepalive_ms)
+    every = eval_every_updates(mode, n, args.eval_every_examples)
     flags = ["--mode=%s" % mode, "--seed=%d" % seed,
              "--train_epochs=%g" % args.train_epochs,
-             "--eval_every_updates=%d" % eval_every_updates(
-                 mode, n, args.eval_every_examples),
-             "--checkpoint_every_updates=0",
              "--target_accuracy=%g" % args.target]
+    if args.eval == "sidecar":
+        spec["cluster"]["evaluator"] = 1
+        flags += ["--eval_every_updates=%d" % (1 << 30),
+                  "--checkpoint_every_updates=%d" % every,
+                  "--evaluator_poll_s=%g" % args.evaluator_poll_s]
+    else:
+        flags += ["--eval_every_updates=%d" % every,
+                  "--checkpoint_every_updates=0"]
     if adaptive_min is not None:
         flags += ["--quorum_policy=adaptive",
                   "--min_replicas_to_aggregate=%d" % adaptive_min]
@@ -112,6 +148,9 @@ def run_one(args, name, mode, n, adaptive_min, seed, stragglers, run_root):
                       flags, args.timeout_s)
     s = r["summary"]
     history = s["eval_history"]
+    curve = ([(h["elapsed_s"], h["update"], h["top1"]) for h in history]
+             if args.eval == "inline" else sidecar_curve(r["run_dir"],
+                                                         history))
     sync = mode == "sync"
     mean_k, k_counts = (admitted_per_update(r["run_dir"]) if sync
                         else (None, {}))
@@ -122,15 +161,15 @@ def run_one(args, name, mode, n, adaptive_min, seed, stragglers, run_root):
         "admitted_per_update_mean": mean_k, "admitted_per_update": k_counts,
         "workers": args.workers, "updates": s["updates"],
         "train_time_s": s["train_time_s"], "wall_s": round(r["wall_s"], 2),
-        "time_to_target_s": time_to_target(history, args.target),
+        "time_to_target_s": time_to_target(curve, args.target),
         "final_top1": s["test_accuracy"]["top1"],
-        "best_top1": max(h["top1"] for h in history),
+        "best_top1": max(c[2] for c in curve),
         "wasted_share": s["wasted_share"],
         "first_update_s": (first_update_s(r["run_dir"], history)
                            if sync else None),
         "pauses": s["pauses"], "grpc_stalls": r["grpc_stalls"],
         "run_dir": r["run_dir"],
-        "curve": [[h["elapsed_s"], h["update"], h["top1"]] for h in history],
+        "curve": [list(c) for c in curve],
     }
 
 
@@ -228,6 +267,11 @@ def parse_args(argv):
     p.add_argument("--variants", default=None,
                    help="comma-separated subset of the variants to run "
                    "(default: all)")
+    p.add_argument("--eval", choices=("sidecar", "inline"),
+                   default="sidecar", help="see the module docstring")
+    p.add_argument("--evaluator_poll_s", type=common.positive_float,
+                   default=0.25, help="sidecar: the evaluator's look for a "
+                   "new checkpoint")
     p.add_argument("--target", type=common.fraction, default=0.97)
     p.add_argument("--train_epochs", type=common.positive_float, default=6.0)
     p.add_argument("--eval_every_examples", type=common.positive_int,

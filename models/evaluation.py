@@ -72,7 +72,9 @@ class ChiefEvaluator:
                 tf.reduce_sum(tf.cast(loss, tf.float64)),
                 tf.cast(tf.size(y), tf.float64))
 
-    def evaluate(self, weights, update, elapsed_s=None):
+    def evaluate(self, weights, update, elapsed_s=None, **extra):
+        """Evaluate `weights` as of `update`; `extra` fields go into the
+        record as they are."""
         start = time.time()
         self.model.set_weights(weights)
         top1 = topk = loss = count = 0.0
@@ -85,6 +87,7 @@ class ChiefEvaluator:
                   "top1": top1 / count, "top5": topk / count,
                   "loss": loss / count,
                   "eval_s": round(time.time() - start, 3)}
+        record.update(extra)
         self.history.append(record)
         if self.path:
             with open(self.path, "a") as f:

@@ -4,8 +4,9 @@ A spec with `"evaluator": 1` runs the training program a second time with
 task type `evaluator`, outside the training cluster. It restores the model
 part of each new checkpoint in <run_dir>/checkpoints into a local model,
 evaluates it on the held-out set and appends the result to
-<run_dir>/eval_sidecar.jsonl, until the chief has written summary.json and
-the newest checkpoint has been evaluated. The chief's own inline
+<run_dir>/eval_sidecar.jsonl (with `saved_at`, the checkpoint's write time),
+until the chief has written summary.json and the newest checkpoint has been
+evaluated. Only the newest checkpoint at each look is evaluated. The chief's own inline
 evaluations (eval.jsonl) do not depend on it.
 """
 import os
@@ -47,9 +48,11 @@ def run(config, run_dir, done_file, poll_s=2.0, say=print):
         update = checkpoint_update(path)
         if update in seen:
             return
+        # When the weights existed: the save, not this (later) evaluation.
+        saved_at = os.path.getmtime(path + ".index")
         checkpoint.restore(path).expect_partial()
         record = evaluator.evaluate(evaluator.model.get_weights(), update,
-                                    time.time() - started)
+                                    time.time() - started, saved_at=saved_at)
         seen.add(update)
         say("evaluator: %s | precision@1 %.4f precision@5 %.4f"
             % (os.path.basename(path), record["top1"], record["top5"]))

@@ -83,6 +83,9 @@ flags.DEFINE_integer("checkpoint_every_updates", None,
                      "save a checkpoint every this many updates (0: only at "
                      "the end)")
 flags.DEFINE_integer("eval_batch_size", 256, "evaluation batch size")
+flags.DEFINE_float("evaluator_poll_s", 2.0,
+                   "evaluator task: seconds between looks for a new "
+                   "checkpoint")
 flags.DEFINE_integer("steps_per_execution", 1,
                      "worker steps per scheduled closure")
 flags.DEFINE_float("progress_every_s", 5.0, "seconds between progress lines")
@@ -281,7 +284,11 @@ def main(argv):
     say("run directory: %s" % run_dir)
     if resolver is not None and resolver.task_type == "evaluator":
         from models import sidecar
-        sidecar.run(config, run_dir, report.SUMMARY_FILE, say=say)
+        if FLAGS.evaluator_poll_s <= 0:
+            raise app.UsageError("--evaluator_poll_s must be positive, got %g"
+                                 % FLAGS.evaluator_poll_s)
+        sidecar.run(config, run_dir, report.SUMMARY_FILE,
+                    poll_s=FLAGS.evaluator_poll_s, say=say)
         return 0
     if resolver is None:
         from ps_sync.testing import inprocess_cluster

@@ -1,7 +1,10 @@
 """benchmarks/time_to_accuracy.py with tiny settings: one real local
 cluster (sync, 2 workers, N=2 with the adaptive quorum down to 1, the
-default straggler on worker-1) for half an epoch; the JSON holds the run,
-its gradients per update from the telemetry, and its summary."""
+default straggler on worker-1, an evaluator task) for half an epoch; the
+JSON holds the run, its gradients per update from the telemetry, its
+accuracy curve and its summary."""
+import os
+
 import pytest
 
 from tests import benchmark_run
@@ -30,7 +33,12 @@ def test_time_to_accuracy_smoke(tmp_path):
     assert set(sizes) <= {"1", "2"} and sum(sizes.values()) == run["updates"]
     assert 1.0 <= run["admitted_per_update_mean"] <= 2.0
     assert run["train_time_s"] > 0 and run["grpc_stalls"] >= 0
-    assert len(run["curve"]) >= 2
+    # Update 0 and the final weights from the chief, the evaluator task's
+    # checkpoints between (at least the final one), in time order.
+    assert len(run["curve"]) >= 3, run["curve"]
+    times = [c[0] for c in run["curve"]]
+    assert times == sorted(times) and run["curve"][0][1] == 0
+    assert os.path.exists(os.path.join(run["run_dir"], "eval_sidecar.jsonl"))
     summary = report["summary"]["sync_adaptive"]
     assert summary["runs"] == 1 and 0.0 <= summary["final_top1_mean"] <= 1.0
     benchmark_run.assert_png(out + ".png")
@@ -40,6 +48,7 @@ def test_time_to_accuracy_smoke(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--variants", "sync_b7"], "--variants: unknown sync_b7"),
     (["--adaptive_min", "4"], "--adaptive_min must be between 1 and"),
+    (["--eval", "later"], "--eval: invalid choice: 'later'"),
     (["--backups", "3"], "--backups must be between 0 and workers-1"),
     (["--target", "1.5"], "must be in (0, 1]"),
     (["--stragglers", "/nonexistent.json"], "--stragglers: no such file"),
