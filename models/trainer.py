@@ -180,7 +180,7 @@ class _IntervalCallback(tf.keras.callbacks.Callback):
             self.model.stop_training = True
             return
         if verdict.healthy:
-            run.good.save(checkpoint_number=updates)
+            checkpointing.save(run.good, updates)
         _maybe_inject_divergence(run, updates)
         if updates >= run.config.target_updates:
             self.model.stop_training = True  # on_train_end evaluates
@@ -304,7 +304,7 @@ def train(config, strategy, run_dir):
     run.good = tf.train.CheckpointManager(
         checkpoint, os.path.join(run_dir, "checkpoints", "good"),
         max_to_keep=1, step_counter=optimizer.iterations)
-    run.good.save(checkpoint_number=start_update)  # what a rollback reaches
+    checkpointing.save(run.good, start_update)  # what a rollback reaches
     if start_update == 0:
         run.evaluate(0, 0.0)
     if start_update >= config.target_updates:

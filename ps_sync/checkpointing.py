@@ -18,10 +18,48 @@ updates. A crash during a save leaves the previous checkpoint as the latest
 index last); a latest checkpoint that cannot be read anyway is skipped for
 the one before it.
 """
+import contextlib
 import threading
 
 from absl import logging
 import tensorflow as tf
+from tensorflow.python.checkpoint import functional_saver
+
+_SAVER_PATCH_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _saves_without_new_functions():
+    """TensorFlow's saver wraps every save that spans several tasks in a new
+    tf.function (functional_saver.MultiDeviceSaver.save), and adding a
+    function to a context with remote workers registers it on every task,
+    synchronously, holding the GIL. A save while any worker was stopped or
+    unreachable froze the whole coordinator (60.8 s with one worker
+    SIGSTOPped, measured; the hold of a sync save meanwhile stopped every
+    step). The saver's eager path, which it takes for a single task, runs
+    each shard's save on its own parameter server and involves no worker;
+    this makes every save take it. (TF 2.21; on a TensorFlow without that
+    attribute the save is unchanged.)"""
+    original = functional_saver.MultiDeviceSaver.__init__
+
+    def init(saver, *args, **kwargs):
+        original(saver, *args, **kwargs)
+        if hasattr(saver, "_num_unique_tasks"):
+            saver._num_unique_tasks = 1  # pylint: disable=protected-access
+
+    with _SAVER_PATCH_LOCK:
+        functional_saver.MultiDeviceSaver.__init__ = init
+        try:
+            yield
+        finally:
+            functional_saver.MultiDeviceSaver.__init__ = original
+
+
+def save(manager, checkpoint_number):
+    """`manager.save(checkpoint_number=...)` that never registers a function
+    on the workers (see `_saves_without_new_functions`)."""
+    with _saves_without_new_functions():
+        return manager.save(checkpoint_number=checkpoint_number)
 
 
 class InconsistentCheckpointError(RuntimeError):
@@ -105,7 +143,7 @@ class UpdateCheckpointer:
         try:
             before = self._sequence()
             step = int(self._optimizer.iterations.numpy())
-            path = self.manager.save(checkpoint_number=step)
+            path = save(self.manager, step)
             if self._sequence() != before or before % 2:
                 raise InconsistentCheckpointError(
                     "an update was applied while %s was written under the "

@@ -288,7 +288,7 @@ class SyncProtocol(tf.Module):
 
     def _admit_and_maybe_apply(self, worker, computed_at, grads, step_var,
                                apply_fn, sent=True):
-        """Body of the push's critical section: (outcome, failed).
+        """Body of the push's critical section: (outcome, waits).
 
         The step closes here once its admitted count reaches the quorum: on
         the N-th admitted push, or, after a lowered quorum or a checkpoint

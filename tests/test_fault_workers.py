@@ -349,19 +349,26 @@ def _pause_workers_randomly(run_dir, seed):
 
 
 def _coordinator_calls_with_a_worker_stopped(run_dir, seed):
-    """The coordinator's calls on the protocol PS while a worker is
-    SIGSTOPped. A function first traced then is registered on every task,
-    the stopped one too, synchronously and holding the GIL: every thread of
-    the coordinator stood still (80 s here before the fix; for good when
-    the thread that was to resume the worker was one of them). A heartbeat
-    thread records the longest time it could not run."""
+    """The coordinator's calls on the protocol PS, and a checkpoint save,
+    while a worker is SIGSTOPped. A function first traced then is registered
+    on every task, the stopped one too, synchronously and holding the GIL:
+    every thread of the coordinator stood still (80 s here before the fix;
+    for good when the thread that was to resume the worker was one of
+    them). TensorFlow's saver traced a new function at every save (60.8 s
+    frozen). A heartbeat thread records the longest time it could not
+    run."""
     import threading
     import time
+    from ps_sync import checkpointing
     del seed
     run = _ProbeRun(run_dir, workers=3, replicas=2)
     run.run(6)
     before = run.iterations()
     protocol = run.opt.protocol
+    checkpointer = checkpointing.UpdateCheckpointer(
+        run.tf.train.Checkpoint(model=run.model, optimizer=run.opt),
+        os.path.join(run_dir, "checkpoints"), run.opt, 0)
+    checkpointer.save()  # a first save, while every worker runs
     stop, gaps = threading.Event(), [0.0]
 
     def heartbeat():
@@ -379,16 +386,19 @@ def _coordinator_calls_with_a_worker_stopped(run_dir, seed):
     protocol.set_hold_every(0)
     protocol.set_hold(False)
     closed = protocol.close_if_closable()
+    saved = checkpointer.save()
     stop.set()
     beat.join()
     run.cluster.resume("worker-2")
+    restored = checkpointer.restore_latest()
     run.run(6)
     after = run.iterations()
     protocol.fail("ps_sync test: failed on purpose")
     failed = int(protocol.failed.numpy())
     run.cluster.stop()
     return {"released": released, "closed": closed, "before": before,
-            "after": after, "failed": failed, "longest_gap_s": gaps[0]}
+            "after": after, "failed": failed, "longest_gap_s": gaps[0],
+            "saved": saved, "restored": restored}
 
 
 @pytest.mark.timeout(200)
@@ -401,6 +411,9 @@ def test_coordinator_calls_do_not_freeze_while_a_worker_is_stopped(tmp_path):
     # deschedules a thread for well under a second.
     assert r["longest_gap_s"] < 20, r
     assert r["released"] >= 0 and r["closed"] >= 0
+    # The save under the stop is whole: it restores, at the step it saved.
+    assert r["saved"].endswith("ckpt-%d" % r["before"]), r
+    assert r["restored"] == r["before"], r
     assert r["after"] > r["before"], r  # it trained on after the resume
     assert r["failed"] == 1
 
