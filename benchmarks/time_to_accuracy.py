@@ -44,6 +44,12 @@ applied examples (as often per epoch). Measured, per run:
                     tracing) at the first evaluation with test precision@1
                     >= target; None if never reached.
   final_top1        test precision@1 after the last update.
+  top1_at_budget    test precision@1 of the last evaluation at or before
+                    the epoch budget's update count: with backups an
+                    interval applies fewer updates than it schedules pushes
+                    for, so the training program runs one more interval and
+                    can end well past the budget (with `--eval sidecar`'s
+                    single long interval, up to ~1.5x).
 """
 import argparse
 import os
@@ -86,6 +92,11 @@ def admitted_per_update(run_dir):
 def eval_every_updates(mode, n, eval_every_examples):
     per_update = BATCH * (n if mode == "sync" else 1)
     return max(1, round(eval_every_examples / per_update))
+
+
+def top1_at_budget(curve, budget):
+    at = [top1 for _, update, top1 in curve if update <= budget]
+    return at[-1] if at else None
 
 
 def time_to_target(curve, target):
@@ -163,6 +174,8 @@ def run_one(args, name, mode, n, adaptive_min, seed, stragglers, run_root):
         "train_time_s": s["train_time_s"], "wall_s": round(r["wall_s"], 2),
         "time_to_target_s": time_to_target(curve, args.target),
         "final_top1": s["test_accuracy"]["top1"],
+        "budget_updates": s["target_updates"],
+        "top1_at_budget": top1_at_budget(curve, s["target_updates"]),
         "best_top1": max(c[2] for c in curve),
         "wasted_share": s["wasted_share"],
         "first_update_s": (first_update_s(r["run_dir"], history)
@@ -185,6 +198,8 @@ def aggregate(runs, names, target):
             "time_to_target_s_each": times,
             "final_top1_mean": common.mean([r["final_top1"] for r in mine]),
             "final_top1_each": [r["final_top1"] for r in mine],
+            "top1_at_budget_mean": common.mean([r["top1_at_budget"]
+                                                for r in mine]),
             "admitted_per_update_mean": common.mean(
                 [r["admitted_per_update_mean"] for r in mine]),
             "train_time_s_mean": common.mean([r["train_time_s"]

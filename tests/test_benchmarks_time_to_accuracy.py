@@ -39,6 +39,9 @@ def test_time_to_accuracy_smoke(tmp_path):
     times = [c[0] for c in run["curve"]]
     assert times == sorted(times) and run["curve"][0][1] == 0
     assert os.path.exists(os.path.join(run["run_dir"], "eval_sidecar.jsonl"))
+    # The last point at or before the epoch budget.
+    within = [c for c in run["curve"] if c[1] <= run["budget_updates"]]
+    assert run["top1_at_budget"] == within[-1][2]
     summary = report["summary"]["sync_adaptive"]
     assert summary["runs"] == 1 and 0.0 <= summary["final_top1_mean"] <= 1.0
     benchmark_run.assert_png(out + ".png")
