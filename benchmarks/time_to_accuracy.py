@@ -49,7 +49,7 @@ applied examples (as often per epoch). Measured, per run:
                     interval applies fewer updates than it schedules pushes
                     for, so the training program runs one more interval and
                     can end well past the budget (with `--eval sidecar`'s
-                    single long interval, up to ~1.5x).
+                    single long interval, 1.6x measured).
 """
 import argparse
 import os
