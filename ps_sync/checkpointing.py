@@ -39,7 +39,10 @@ def _saves_without_new_functions():
     step). The saver's eager path, which it takes for a single task, runs
     each shard's save on its own parameter server and involves no worker;
     this makes every save take it. (TF 2.21; on a TensorFlow without that
-    attribute the save is unchanged.)"""
+    attribute the save is unchanged.) Only with one parameter server: with
+    two, the eager save hung in its cross-task merge (an in-process cluster,
+    tests/test_sync_checkpoint.py), so there the saver keeps its function
+    and the freeze risk stays."""
     original = functional_saver.MultiDeviceSaver.__init__
 
     def init(saver, *args, **kwargs):
@@ -55,9 +58,22 @@ def _saves_without_new_functions():
             functional_saver.MultiDeviceSaver.__init__ = original
 
 
+def _parameter_servers():
+    """How many parameter-server tasks the connected cluster has."""
+    tasks = set()
+    for device in tf.config.list_logical_devices():
+        spec = tf.DeviceSpec.from_string(device.name)
+        if spec.job == "ps":
+            tasks.add(spec.task)
+    return len(tasks)
+
+
 def save(manager, checkpoint_number):
-    """`manager.save(checkpoint_number=...)` that never registers a function
-    on the workers (see `_saves_without_new_functions`)."""
+    """`manager.save(checkpoint_number=...)`; with one parameter server, one
+    that never registers a function on the workers (see
+    `_saves_without_new_functions`)."""
+    if _parameter_servers() > 1:
+        return manager.save(checkpoint_number=checkpoint_number)
     with _saves_without_new_functions():
         return manager.save(checkpoint_number=checkpoint_number)
 
