@@ -6,8 +6,8 @@ part of each new checkpoint in <run_dir>/checkpoints into a local model,
 evaluates it on the held-out set and appends the result to
 <run_dir>/eval_sidecar.jsonl (with `saved_at`, the checkpoint's write time),
 until the chief has written summary.json and the newest checkpoint has been
-evaluated. Only the newest checkpoint at each look is evaluated. The chief's own inline
-evaluations (eval.jsonl) do not depend on it.
+evaluated. Only the newest checkpoint at each look is evaluated. The
+chief's own inline evaluations (eval.jsonl) do not depend on it.
 """
 import os
 import time
