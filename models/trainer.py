@@ -2,11 +2,16 @@
 
     outcome = trainer.train(config, strategy, run_dir)
 
-Keras "epochs" are intervals: each schedules N worker steps per update it
-may apply (every update takes N admitted pushes), so no interval applies
-more than `eval_every_updates` updates, and ends with a join, after which
-the chief evaluates and stops once the target is reached. Training can
-therefore end past the target by up to one interval.
+Keras "epochs" are intervals: the first schedules N worker steps per update
+it may apply (every update takes N admitted pushes), so it applies at most
+`eval_every_updates` updates; each ends with a join, after which the chief
+evaluates and stops once the target is reached. With backups some pushes are
+dropped, so an interval applies fewer updates than it could. Keras cannot
+resize an interval mid-fit and schedules a whole interval ahead (a stop only
+takes effect at its end), so when the next interval would overshoot the
+target, the chief ends the fit and starts another whose interval is what
+remains times the pushes per update measured (at most `MAX_RESIZES` times
+per run).
 
 Everything that runs TensorFlow ops after training (the final evaluation,
 closing the telemetry) happens in `on_train_end`, still inside `model.fit`:
@@ -31,6 +36,7 @@ from ps_sync.optimizer import SyncReplicasWithBackups
 
 
 ROLLBACKS_FILE = "rollbacks.jsonl"
+MAX_RESIZES = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,10 +126,16 @@ class _Run:
         self.diverged = None      # the Verdict that stopped this fit
         self.rollbacks = []       # events, earlier chiefs' included
         self.good = None          # CheckpointManager of the last good weights
+        self.pushes_per_update = None  # measured over this chief's fits
+        self.resizes = 0          # fits ended to resize the last interval
+        self.resize_pending = False
 
     def rollback_pending(self):
         return (self.diverged is not None
                 and len(self.rollbacks) < self.config.max_rollbacks)
+
+    def another_fit_pending(self):
+        return self.rollback_pending() or self.resize_pending
 
     def clock(self):
         return self.time_offset + (time.time() - self.fit_start)
@@ -164,9 +176,11 @@ class _IntervalCallback(tf.keras.callbacks.Callback):
     """At each interval's end (every closure joined, so the weights are
     those of whole updates): evaluate, or stop once at the target."""
 
-    def __init__(self, run):
+    def __init__(self, run, steps_per_interval):
         super().__init__()
         self.run = run
+        self.steps = steps_per_interval
+        self.start_update = run.updates()
 
     def on_epoch_end(self, epoch, logs=None):
         run = self.run
@@ -184,12 +198,28 @@ class _IntervalCallback(tf.keras.callbacks.Callback):
         _maybe_inject_divergence(run, updates)
         if updates >= run.config.target_updates:
             self.model.stop_training = True  # on_train_end evaluates
-        else:
-            run.evaluate(updates, run.clock())
+            return
+        run.evaluate(updates, run.clock())
+        if updates > self.start_update:
+            run.pushes_per_update = ((epoch + 1) * self.steps
+                                     / (updates - self.start_update))
+            if _should_resize(run, self.steps, updates):
+                run.resize_pending = True
+                self.model.stop_training = True
 
     def on_train_end(self, logs=None):
-        if not self.run.rollback_pending():
+        if not self.run.another_fit_pending():
             self.run.finish()
+
+
+def _should_resize(run, steps, updates):
+    """Would the next interval overshoot the target by more than it costs to
+    start another fit (a new train function call and per-worker iterators)?"""
+    if run.resizes >= MAX_RESIZES:
+        return False
+    remaining = run.config.target_updates - updates
+    overshoot = steps / run.pushes_per_update - remaining
+    return overshoot > max(1.0, 0.05 * run.config.target_updates)
 
 
 def _maybe_inject_divergence(run, updates):
@@ -235,8 +265,12 @@ def _roll_back(run, checkpointer, checkpoint):
            run.config.max_rollbacks))
 
 
-def _steps_per_interval(config, remaining):
-    pushes_per_update = config.replicas_to_aggregate if config.sync else 1
+def _steps_per_interval(config, remaining, pushes_per_update=None):
+    """Worker steps per interval and an upper bound on intervals.
+    `pushes_per_update` as measured, or None: then the fewest an update can
+    take (N), so that the interval cannot apply more than it should."""
+    if pushes_per_update is None:
+        pushes_per_update = config.replicas_to_aggregate if config.sync else 1
     interval = min(config.eval_every_updates, remaining)
     spe = config.steps_per_execution
     steps = spe * max(1, int(math.ceil(interval * pushes_per_update / spe)))
@@ -250,7 +284,16 @@ def _fit(config, run, checkpointer):
     divergence or the end of its interval budget."""
     start = run.updates()
     remaining = config.target_updates - start
-    steps, max_intervals = _steps_per_interval(config, remaining)
+    steps, max_intervals = _steps_per_interval(
+        config, remaining, run.pushes_per_update if run.resize_pending
+        else None)
+    if run.resize_pending:
+        run.resizes += 1
+        run.resize_pending = False
+        say("%d updates to go, %.2f worker steps per update measured: a new "
+            "fit with an interval of %d steps" % (remaining,
+                                                  run.pushes_per_update,
+                                                  steps))
     # A restarted chief or a rollback must not replay an earlier input order.
     dataset_fn = datasets.per_worker_dataset_fn(
         config.dataset, config.recipe.batch_size,
@@ -267,7 +310,7 @@ def _fit(config, run, checkpointer):
     # evaluation (both in on_train_end); none after a divergence.
     callbacks = [checkpointing.UpdateCheckpointCallback(
                      checkpointer, final_save=lambda: run.diverged is None),
-                 _IntervalCallback(run)]
+                 _IntervalCallback(run, steps)]
     if run.fit_start is None:
         run.fit_start = time.time()
     run.monitor.start()
@@ -313,6 +356,8 @@ def train(config, strategy, run_dir):
         run.finish()
     while run.updates() < config.target_updates:
         _fit(config, run, checkpointer)
+        if run.resize_pending:
+            continue
         if run.diverged is None:
             break
         if not run.rollback_pending():

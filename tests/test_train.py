@@ -64,11 +64,16 @@ def test_sync_run_end_to_end(tmp_path):
     run_dir = str(tmp_path / "run")
     code, out, err = run_train(
         ["--local_cluster_workers=3", "--replicas_to_aggregate=2",
-         "--train_updates=40", "--eval_every_updates=20",
+         "--train_updates=30", "--eval_every_updates=30",
          "--progress_every_s=1", "--run_dir=" + run_dir], timeout=140)
     assert code == 0, err[-3000:]
     s = load_summary(run_dir)
-    assert_common(s, run_dir, out, 40)
+    assert_common(s, run_dir, out, 30)
+    # One interval of 60 worker steps applies about 20 updates (a third of
+    # the pushes are dropped); a second one would end near 40. The chief
+    # sizes a last fit to the 10 or so that remain instead.
+    assert "worker steps per update measured: a new fit" in out
+    assert s["updates"] <= 34
     assert (s["mode"], s["replicas_to_aggregate"], s["total_num_replicas"],
             s["backup_workers"]) == ("sync", 2, 3, 1)
     assert "sync, N=2 of 3 workers (b=1)" in out
