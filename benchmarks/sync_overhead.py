@@ -12,8 +12,10 @@ cluster (1 PS + W workers as tf.distribute.Server objects):
   ps_sync    SyncReplicasWithBackups on ParameterServerStrategy, N = W, b = 0.
   ps_sync_b1 the same with N = W - 1 and one backup.
   async      plain ParameterServerStrategy, the wrapped optimizer alone.
-Reported: updates/s (applied updates), pushes/s (gradients sent), and the
-share of gradient computations wasted (pushes that were dropped). Numbers are
+Reported: updates/s (applied updates), pushes/s (gradients sent), the
+share of gradient computations wasted (pushes that were dropped), and for
+the ps_sync runs the median of each phase of a push from the telemetry
+(ps_sync.analysis.push_phases: compute, send, resume after a wait). Numbers are
 measurements on this machine, not gates. With several `--batch_sizes` the
 four configurations run once per batch size, interleaved (configuration by
 configuration, batch sizes in a rotating order) so load changes on a shared
@@ -102,7 +104,7 @@ def _tf1_sync(workers, seconds, batch):
 def _tf2(workers, seconds, batch, mode, replicas, steps_per_closure=1):
     import ps_sync.keras_env  # noqa: F401
     import tensorflow as tf
-    from ps_sync import telemetry
+    from ps_sync import analysis, telemetry
     from ps_sync.optimizer import SyncReplicasWithBackups
     from ps_sync.testing import inprocess_cluster
 
@@ -148,6 +150,12 @@ def _tf2(workers, seconds, batch, mode, replicas, steps_per_closure=1):
         summary = telemetry.summarize(opt.telemetry.pushes,
                                       opt.telemetry.steps, workers)
         result["wasted_share"] = summary["wasted_share"]
+        # Pushes of the warm-up excluded: tracing would dominate them.
+        timed = [p for p in opt.telemetry.pushes if p["arrived_at"] >= t0]
+        result["phases_ms"] = {
+            name: round(1000 * d["p50"], 2) if d["p50"] is not None else None
+            for name, d in analysis.push_phases(
+                timed, opt.telemetry.steps).items()}
         result["stats"] = opt.sync_stats()
     return result
 
@@ -229,10 +237,13 @@ def main(argv=None):
             r["updates_per_s"] = r["updates"] / r["seconds"]
             r["pushes_per_s"] = r["pushes"] / r["seconds"]
             by_batch[batch][name] = r
-            print("batch %-4d %-11s %7.1f updates/s %7.1f pushes/s%s" % (
+            print("batch %-4d %-11s %7.1f updates/s %7.1f pushes/s%s%s" % (
                 batch, name, r["updates_per_s"], r["pushes_per_s"],
                 "  wasted %.0f%%" % (100 * r["wasted_share"])
-                if r.get("wasted_share") is not None else ""), flush=True)
+                if r.get("wasted_share") is not None else "",
+                "  p50 ms: " + ", ".join(
+                    "%s %s" % kv for kv in r["phases_ms"].items())
+                if r.get("phases_ms") else ""), flush=True)
     ratios_by_batch = {b: _ratios(by_batch[b]) for b in batches}
     for b in batches:
         for k, v in ratios_by_batch[b].items():

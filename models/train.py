@@ -88,6 +88,13 @@ flags.DEFINE_float("evaluator_poll_s", 2.0,
                    "checkpoint")
 flags.DEFINE_integer("steps_per_execution", 1,
                      "worker steps per scheduled closure")
+flags.DEFINE_enum("resize_last_interval", "auto", ["auto", "always", "never"],
+                  "when the next interval would end past the update target "
+                  "(with backups, intervals apply fewer updates than they "
+                  "schedule pushes for): end the fit and start one sized to "
+                  "what remains, 'always', 'never', or 'auto': when the "
+                  "extra updates would take longer than this fit took to "
+                  "start")
 flags.DEFINE_float("progress_every_s", 5.0, "seconds between progress lines")
 flags.DEFINE_float("target_accuracy", None,
                    "precision@1 to mark on the plot and report as reached")
@@ -232,6 +239,7 @@ def resolve_config(num_workers):
         checkpoint_every_updates=max(0, recipe.checkpoint_every_updates),
         eval_batch_size=FLAGS.eval_batch_size,
         steps_per_execution=FLAGS.steps_per_execution,
+        resize_last_interval=FLAGS.resize_last_interval,
         progress_every_s=FLAGS.progress_every_s, seed=FLAGS.seed,
         max_rollbacks=FLAGS.max_rollbacks,
         divergence_factor=FLAGS.divergence_factor,

@@ -9,9 +9,12 @@ evaluates and stops once the target is reached. With backups some pushes are
 dropped, so an interval applies fewer updates than it could. Keras cannot
 resize an interval mid-fit and schedules a whole interval ahead (a stop only
 takes effect at its end), so when the next interval would overshoot the
-target, the chief ends the fit and starts another whose interval is what
+target, the chief may end the fit and start another whose interval is what
 remains times the pushes per update measured (at most `MAX_RESIZES` times
-per run).
+per run). A new fit costs its start (Keras makes new per-worker datasets and
+iterators; with a worker stopped, that took 20 s and more), so by default
+(`resize_last_interval="auto"`) it does so only when the extra updates would
+take longer than the current fit took to start.
 
 Everything that runs TensorFlow ops after training (the final evaluation,
 closing the telemetry) happens in `on_train_end`, still inside `model.fit`:
@@ -60,6 +63,7 @@ class Config:
     checkpoint_every_updates: int
     eval_batch_size: int = 256
     steps_per_execution: int = 1
+    resize_last_interval: str = "auto"  # "always", "never"
     progress_every_s: float = 5.0
     seed: int = 0
     max_rollbacks: int = 3
@@ -126,7 +130,8 @@ class _Run:
         self.diverged = None      # the Verdict that stopped this fit
         self.rollbacks = []       # events, earlier chiefs' included
         self.good = None          # CheckpointManager of the last good weights
-        self.pushes_per_update = None  # measured over this chief's fits
+        self.pushes_per_update = None  # measured over the current fit
+        self.fit_called_at = None
         self.resizes = 0          # fits ended to resize the last interval
         self.resize_pending = False
 
@@ -203,7 +208,11 @@ class _IntervalCallback(tf.keras.callbacks.Callback):
         if updates > self.start_update:
             run.pushes_per_update = ((epoch + 1) * self.steps
                                      / (updates - self.start_update))
-            if _should_resize(run, self.steps, updates):
+            remaining = run.config.target_updates - updates
+            if should_resize(run.config.resize_last_interval,
+                             self.steps / run.pushes_per_update - remaining,
+                             run.config.target_updates, run.resizes,
+                             _fit_timing(run)):
                 run.resize_pending = True
                 self.model.stop_training = True
 
@@ -212,14 +221,37 @@ class _IntervalCallback(tf.keras.callbacks.Callback):
             self.run.finish()
 
 
-def _should_resize(run, steps, updates):
-    """Would the next interval overshoot the target by more than it costs to
-    start another fit (a new train function call and per-worker iterators)?"""
-    if run.resizes >= MAX_RESIZES:
+def should_resize(mode, overshoot, target_updates, resizes, timing):
+    """End the fit so that the next one's interval fits what remains?
+    `overshoot`: updates the next interval would apply past the target;
+    `timing`: (seconds this fit took to its first update, seconds per
+    update since), or None if unknown."""
+    if mode == "never" or resizes >= MAX_RESIZES:
         return False
-    remaining = run.config.target_updates - updates
-    overshoot = steps / run.pushes_per_update - remaining
-    return overshoot > max(1.0, 0.05 * run.config.target_updates)
+    if overshoot <= max(1.0, 0.05 * target_updates):
+        return False
+    if mode == "always":
+        return True
+    if timing is None:
+        return False
+    start_s, per_update_s = timing
+    return overshoot * per_update_s > start_s
+
+
+def _fit_timing(run):
+    """(seconds from this fit's call to its first update, mean seconds per
+    update since) from the PS telemetry; None without telemetry (async) or
+    before two updates."""
+    telemetry = getattr(run.optimizer, "telemetry", None)
+    if telemetry is None:
+        return None
+    telemetry.drain()
+    closes = [s["closed_at"] for s in telemetry.steps
+              if s["closed_at"] >= run.fit_called_at]
+    if len(closes) < 2:
+        return None
+    return (closes[0] - run.fit_called_at,
+            (closes[-1] - closes[0]) / (len(closes) - 1))
 
 
 def _maybe_inject_divergence(run, updates):
@@ -311,8 +343,9 @@ def _fit(config, run, checkpointer):
     callbacks = [checkpointing.UpdateCheckpointCallback(
                      checkpointer, final_save=lambda: run.diverged is None),
                  _IntervalCallback(run, steps)]
+    run.fit_called_at = time.time()
     if run.fit_start is None:
-        run.fit_start = time.time()
+        run.fit_start = run.fit_called_at
     run.monitor.start()
     try:
         run.model.fit(tf.keras.utils.experimental.DatasetCreator(dataset_fn),

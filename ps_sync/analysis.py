@@ -216,6 +216,28 @@ def compute_vs_wait(pushes, num_workers):
             for w in range(num_workers)]
 
 
+def push_phases(pushes, steps):
+    """Where a push's time goes, over all workers (seconds, describe()):
+    compute: ready (tagged) to gradient computed, on the worker;
+    send: gradient computed to admission under the lock on the PS;
+    resume: version published to a waiter's retag after its wake-up (pushes
+    whose worker's previous push was admitted and waited)."""
+    starts = version_starts(steps)
+    compute, send, resume = [], [], []
+    for (run_id, _), records in _by_worker_sequence(pushes).items():
+        for prev, p in zip([None] + records[:-1], records):
+            if p["ready_at"] <= 0:
+                continue
+            compute.append(p["computed_at"] - p["ready_at"])
+            send.append(p["arrived_at"] - p["computed_at"])
+            start = starts.get((run_id, p["tag"]))
+            if (prev is not None and prev["outcome"] == "admitted"
+                    and start is not None and p["ready_at"] >= start):
+                resume.append(p["ready_at"] - start)
+    return {"compute": describe(compute), "send": describe(send),
+            "resume": describe(resume)}
+
+
 def push_counts(pushes, num_workers):
     """Per worker: pushes, admitted, each dropped outcome, admitted share."""
     counts = [collections.Counter() for _ in range(num_workers)]

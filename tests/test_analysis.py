@@ -101,6 +101,20 @@ def test_compute_vs_waiting():
     assert split[1]["compute_share"] == pytest.approx(3.2 / 3.5)
 
 
+def test_push_phases():
+    # Worker 0 resumes 0.3 s after version 2 is published at 12.0.
+    pushes = [dict(p, ready_at=12.3) if (p["worker"], p["tag"]) == (0, 2)
+              else p for p in PUSHES]
+    phases = analysis.push_phases(pushes, STEPS)
+    assert phases["compute"]["count"] == 6  # pushes with a ready time
+    assert phases["compute"]["max"] == pytest.approx(2.8)  # worker 2, tag 1
+    assert phases["send"]["mean"] == pytest.approx(0.8 / 6)
+    # Only worker 0 waited (after its admitted pushes of tags 0 and 1).
+    assert phases["resume"]["count"] == 2
+    assert phases["resume"]["max"] == pytest.approx(0.3)
+    assert phases["resume"]["mean"] == pytest.approx(0.15)
+
+
 def test_push_counts_and_admitted_share():
     counts = analysis.push_counts(PUSHES, 3)
     assert [c["pushes"] for c in counts] == [3, 3, 3]

@@ -23,6 +23,10 @@ def test_sync_overhead_two_batch_sizes(tmp_path):
         assert set(results) == CONFIGS
         for r in results.values():
             assert r["updates"] > 0 and r["pushes_per_s"] > 0
+        phases = results["ps_sync"]["phases_ms"]
+        assert set(phases) == {"compute", "send", "resume"}
+        assert phases["compute"] > 0 and phases["send"] > 0
+        assert "phases_ms" not in results["async"]
         assert set(report["ratios_by_batch"][batch]) == {
             "ps_sync_vs_async_pushes"}
     assert report["results"] == report["results_by_batch"]["8"]

@@ -65,13 +65,15 @@ def test_sync_run_end_to_end(tmp_path):
     code, out, err = run_train(
         ["--local_cluster_workers=3", "--replicas_to_aggregate=2",
          "--train_updates=30", "--eval_every_updates=30",
-         "--progress_every_s=1", "--run_dir=" + run_dir], timeout=140)
+         "--resize_last_interval=always", "--progress_every_s=1",
+         "--run_dir=" + run_dir], timeout=140)
     assert code == 0, err[-3000:]
     s = load_summary(run_dir)
     assert_common(s, run_dir, out, 30)
     # One interval of 60 worker steps applies about 20 updates (a third of
     # the pushes are dropped); a second one would end near 40. The chief
-    # sizes a last fit to the 10 or so that remain instead.
+    # sizes a last fit to the 10 or so that remain instead ("auto" would
+    # not here: this fit took longer to start than 10 updates take).
     assert "worker steps per update measured: a new fit" in out
     assert s["updates"] <= 34
     assert (s["mode"], s["replicas_to_aggregate"], s["total_num_replicas"],
@@ -237,3 +239,19 @@ def test_epochs_count_applied_updates_and_the_schedule_decays_on_them():
     assert (config["rho"], config["momentum"], config["epsilon"]) == (
         0.9, 0.9, 1.0)
     assert config["use_ema"] and config["ema_momentum"] == 0.9999
+
+
+@pytest.mark.parametrize("mode, overshoot, resizes, timing, expected", [
+    ("always", 10, 0, None, True),
+    ("always", 1.5, 0, None, False),     # within max(1, 5% of 40)
+    ("always", 10, 3, None, False),      # MAX_RESIZES used up
+    ("never", 100, 0, (1.0, 1.0), False),
+    ("auto", 10, 0, (20.0, 0.3), False),  # 3 s of updates vs a 20 s start
+    ("auto", 100, 0, (20.0, 0.3), True),  # 30 s of updates
+    ("auto", 100, 0, None, False),       # no telemetry (async)
+])
+def test_the_last_interval_is_resized_when_worth_a_new_fit(
+        mode, overshoot, resizes, timing, expected):
+    from models import trainer
+    assert trainer.should_resize(mode, overshoot, 40, resizes,
+                                 timing) is expected
