@@ -279,7 +279,7 @@ def _roll_back(run, checkpointer, checkpoint):
     checkpoint (a restarted chief must not restore the diverged ones)."""
     path = run.good.latest_checkpoint
     diverged_at = run.updates()
-    checkpoint.restore(path).assert_existing_objects_matched()
+    checkpointing.restore(checkpoint, path).assert_existing_objects_matched()
     restored = run.updates()
     checkpointer.save()
     event = {"time": time.time(), "diverged_at_update": diverged_at,

@@ -23,6 +23,7 @@ import threading
 
 from absl import logging
 import tensorflow as tf
+from tensorflow.python.eager import context
 from tensorflow.python.checkpoint import functional_saver
 
 _SAVER_PATCH_LOCK = threading.Lock()
@@ -36,13 +37,9 @@ def _saves_without_new_functions():
     synchronously, holding the GIL. A save while any worker was stopped or
     unreachable froze the whole coordinator (60.8 s with one worker
     SIGSTOPped, measured; the hold of a sync save meanwhile stopped every
-    step). The saver's eager path, which it takes for a single task, runs
-    each shard's save on its own parameter server and involves no worker;
-    this makes every save take it. (TF 2.21; on a TensorFlow without that
-    attribute the save is unchanged.) Only with one parameter server: with
-    two, the eager save hung in its cross-task merge (an in-process cluster,
-    tests/test_sync_checkpoint.py), so there the saver keeps its function
-    and the freeze risk stays."""
+    step). The saver's eager path, which it takes for a single task,
+    involves no worker; this makes every save take it. (TF 2.21; on a
+    TensorFlow without that attribute the save is unchanged.)"""
     original = functional_saver.MultiDeviceSaver.__init__
 
     def init(saver, *args, **kwargs):
@@ -58,24 +55,33 @@ def _saves_without_new_functions():
             functional_saver.MultiDeviceSaver.__init__ = original
 
 
-def _parameter_servers():
-    """How many parameter-server tasks the connected cluster has."""
-    tasks = set()
-    for device in tf.config.list_logical_devices():
-        spec = tf.DeviceSpec.from_string(device.name)
-        if spec.job == "ps":
-            tasks.add(spec.task)
-    return len(tasks)
+def _on_the_coordinator():
+    """Checkpoint files written and read by this process (the coordinator),
+    which moves the variables to and from the parameter servers as its
+    other eager reads do: nothing is left to a cross-task copy, and the
+    files are where the coordinator runs."""
+    return tf.train.CheckpointOptions(
+        experimental_io_device=(context.context().host_address_space()
+                                + "/device:CPU:0"))
 
 
 def save(manager, checkpoint_number):
-    """`manager.save(checkpoint_number=...)`; with one parameter server, one
-    that never registers a function on the workers (see
-    `_saves_without_new_functions`)."""
-    if _parameter_servers() > 1:
-        return manager.save(checkpoint_number=checkpoint_number)
+    """`manager.save(checkpoint_number=...)`, in a way that never registers a
+    function on the workers (see `_saves_without_new_functions`), with every
+    shard written and merged by the coordinator. (Left on the parameter
+    servers, the eager merge hung with two of them, on the cross-task copy
+    of the shard prefixes: tests/test_sync_checkpoint.py.)"""
     with _saves_without_new_functions():
-        return manager.save(checkpoint_number=checkpoint_number)
+        return manager.save(checkpoint_number=checkpoint_number,
+                            options=_on_the_coordinator())
+
+
+def restore(checkpoint, path):
+    """`checkpoint.restore(path)`, read by the coordinator like `save`
+    writes. (With several parameter servers TensorFlow restores through a
+    new function, which waits for a stopped worker: restore while the
+    workers run.)"""
+    return checkpoint.restore(path, options=_on_the_coordinator())
 
 
 class InconsistentCheckpointError(RuntimeError):
@@ -122,7 +128,7 @@ class UpdateCheckpointer:
         errors = []
         for path in reversed(self.manager.checkpoints):
             try:
-                status = self.manager.checkpoint.restore(path)
+                status = restore(self.manager.checkpoint, path)
                 status.assert_existing_objects_matched()
             except Exception as e:  # pylint: disable=broad-except
                 # Damaged files fail in many ways (IndexError, DataLossError,

@@ -34,9 +34,9 @@ class _ProbeRun:
     multi-process cluster (in the child interpreter)."""
 
     def __init__(self, run_dir, workers, replicas, quorum_policy=None,
-                 delay_s=0.01, **cluster_kwargs):
+                 delay_s=0.01, num_ps=1, **cluster_kwargs):
         from ps_sync.local_cluster import LocalCluster
-        self.cluster = LocalCluster(num_workers=workers, num_ps=1,
+        self.cluster = LocalCluster(num_workers=workers, num_ps=num_ps,
                                     run_dir=run_dir, echo=False,
                                     **cluster_kwargs)
         self.cluster.start()
@@ -355,13 +355,15 @@ def _coordinator_calls_with_a_worker_stopped(run_dir, seed):
     every thread of the coordinator stood still (80 s here before the fix;
     for good when the thread that was to resume the worker was one of
     them). TensorFlow's saver traced a new function at every save (60.8 s
-    frozen). A heartbeat thread records the longest time it could not
-    run."""
+    frozen). Two parameter servers: the save spans tasks. A heartbeat
+    thread records the longest time it could not run."""
     import threading
     import time
     from ps_sync import checkpointing
     del seed
-    run = _ProbeRun(run_dir, workers=3, replicas=2)
+    run = _ProbeRun(run_dir, workers=3, replicas=2, num_ps=2)
+    # The probe's variables are spread over both parameter servers.
+    assert len({v.device for v in run.model.trainable_variables}) == 2
     run.run(6)
     before = run.iterations()
     protocol = run.opt.protocol
