@@ -47,9 +47,11 @@ applied examples (as often per epoch). Measured, per run:
   top1_at_budget    test precision@1 of the last evaluation at or before
                     the epoch budget's update count: with backups an
                     interval applies fewer updates than it schedules pushes
-                    for, so the training program runs one more interval and
-                    can end well past the budget (with `--eval sidecar`'s
-                    single long interval, 1.6x measured).
+                    for, so the training program may run one more interval
+                    and end well past the budget (with `--eval sidecar`'s
+                    single long interval, 1.6x measured; the program's
+                    `--resize_last_interval auto` keeps that interval when
+                    a new fit would start slower than it runs).
 """
 import argparse
 import os

@@ -30,16 +30,16 @@ _SAVER_PATCH_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def _saves_without_new_functions():
-    """TensorFlow's saver wraps every save that spans several tasks in a new
-    tf.function (functional_saver.MultiDeviceSaver.save), and adding a
-    function to a context with remote workers registers it on every task,
-    synchronously, holding the GIL. A save while any worker was stopped or
-    unreachable froze the whole coordinator (60.8 s with one worker
-    SIGSTOPped, measured; the hold of a sync save meanwhile stopped every
-    step). The saver's eager path, which it takes for a single task,
-    involves no worker; this makes every save take it. (TF 2.21; on a
-    TensorFlow without that attribute the save is unchanged.)"""
+def _without_new_functions():
+    """TensorFlow's saver wraps every save and restore that spans several
+    tasks in a new tf.function (functional_saver.MultiDeviceSaver), and
+    adding a function to a context with remote workers registers it on every
+    task, synchronously, holding the GIL. A save while any worker was
+    stopped or unreachable froze the whole coordinator (60.8 s with one
+    worker SIGSTOPped, measured; the hold of a sync save meanwhile stopped
+    every step). The saver's eager path, which it takes for a single task,
+    involves no worker; this makes every save and restore take it. (TF 2.21;
+    on a TensorFlow without that attribute they are unchanged.)"""
     original = functional_saver.MultiDeviceSaver.__init__
 
     def init(saver, *args, **kwargs):
@@ -67,21 +67,25 @@ def _on_the_coordinator():
 
 def save(manager, checkpoint_number):
     """`manager.save(checkpoint_number=...)`, in a way that never registers a
-    function on the workers (see `_saves_without_new_functions`), with every
+    function on the workers (see `_without_new_functions`), with every
     shard written and merged by the coordinator. (Left on the parameter
     servers, the eager merge hung with two of them, on the cross-task copy
     of the shard prefixes: tests/test_sync_checkpoint.py.)"""
-    with _saves_without_new_functions():
+    with _without_new_functions():
         return manager.save(checkpoint_number=checkpoint_number,
                             options=_on_the_coordinator())
 
 
 def restore(checkpoint, path):
-    """`checkpoint.restore(path)`, read by the coordinator like `save`
-    writes. (With several parameter servers TensorFlow restores through a
-    new function, which waits for a stopped worker: restore while the
-    workers run.)"""
-    return checkpoint.restore(path, options=_on_the_coordinator())
+    """`checkpoint.restore(path)`, read by the coordinator as `save` writes,
+    on the eager path too. Not free of waits: the first restore of its kind
+    while a worker was stopped waited 80 s for TensorFlow to give up on
+    registering the eager restore op there ("ping timeout"), though, unlike
+    the function path (a 60 s freeze), every other thread of the
+    coordinator ran meanwhile. Objects built later are restored when they
+    are built, by TensorFlow alone."""
+    with _without_new_functions():
+        return checkpoint.restore(path, options=_on_the_coordinator())
 
 
 class InconsistentCheckpointError(RuntimeError):
