@@ -87,3 +87,25 @@ def test_cut_worker_link_is_not_waited_for_and_rejoins(tmp_path):
     assert r["rejoined"] is not None, msg
     applied = {s["step"]: s for s in r["step_records"]}
     assert 2 in applied[r["rejoined"]["step"]]["admitted"], msg
+
+
+@pytest.mark.timeout(60)
+def test_stale_hosts_are_removed_and_used_subnets_skipped():
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root (CAP_NET_ADMIN)")
+    import subprocess
+    from ps_sync.testing import netns
+    # What a test process killed before close() leaves: pid 99998 is gone.
+    dead = 99998
+    assert not os.path.exists("/proc/%d" % dead)
+    for cmd in (["netns", "add", "ps_sync_%05d_0" % dead],
+                ["link", "add", "psb%05d" % dead, "type", "bridge"],
+                ["addr", "add", "10.213.77.1/24", "dev", "psb%05d" % dead]):
+        subprocess.run(["ip"] + cmd, check=True)
+    assert netns._free_subnet(77) == "10.213.78"  # .77 is in use
+    with netns.NetnsHosts(["a"]) as hosts:
+        assert "ps_sync_%05d_0" % dead not in netns._ip_output("netns",
+                                                               "list")
+        assert "psb%05d" % dead not in netns._ip_output("link")
+        assert hosts.gateway.startswith("10.213.")
+    assert netns._free_subnet(77) == "10.213.77"

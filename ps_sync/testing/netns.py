@@ -5,7 +5,8 @@ namespace, which also holds the bridge's address (the coordinator's host).
 `cut(host)` takes the host's link down: its connections stall as on a
 broken network (no refused connection, no reset), until `restore(host)`.
 Needs root (CAP_NET_ADMIN) and iproute2; every name carries the creating
-process's id, and `close()` removes them all.
+process's id, and `close()` removes them all (what a killed process left
+is removed by the next one; each picks a subnet no interface is in).
 
     with NetnsHosts(["ps-0", "worker-0"]) as hosts:
         hosts.address("worker-0")        # "10.213.X.11"
@@ -13,6 +14,7 @@ process's id, and `close()` removes them all.
         hosts.cut("worker-0"); hosts.restore("worker-0")
 """
 import os
+import re
 import shutil
 import subprocess
 
@@ -29,13 +31,48 @@ def _ip(*args):
                                               proc.stderr.strip()))
 
 
+def _ip_output(*args):
+    proc = subprocess.run(["ip"] + list(args), capture_output=True,
+                          text=True)
+    return proc.stdout if proc.returncode == 0 else ""
+
+
+def _remove_stale():
+    """Delete the namespaces and bridges of creators that are gone (a test
+    process killed before its `close()`): left behind, they pile up, and
+    their addresses stay routed."""
+    for ns in re.findall(r"^ps_sync_(\d{5})_\d+", _ip_output("netns", "list"),
+                         re.M):
+        if not os.path.exists("/proc/%d" % int(ns)):
+            for name in re.findall(r"^(ps_sync_%s_\d+)" % ns,
+                                   _ip_output("netns", "list"), re.M):
+                subprocess.run(["ip", "netns", "del", name],
+                               capture_output=True)
+    for tag in re.findall(r"^\d+: psb(\d{5})[:@]", _ip_output("link"), re.M):
+        if not os.path.exists("/proc/%d" % int(tag)):
+            subprocess.run(["ip", "link", "del", "psb" + tag],
+                           capture_output=True)
+
+
+def _free_subnet(first):
+    """10.213.X, from X = first on, that no interface here is in."""
+    used = set(int(x) for x in re.findall(r"inet 10\.213\.(\d+)\.",
+                                          _ip_output("-4", "addr")))
+    for i in range(250):
+        x = (first - 1 + i) % 250 + 1
+        if x not in used:
+            return "10.213.%d" % x
+    raise NetnsUnavailable("no free 10.213.X.0/24 subnet")
+
+
 class NetnsHosts:
 
     def __init__(self, names):
         if shutil.which("ip") is None:
             raise NetnsUnavailable("iproute2's `ip` is not installed")
+        _remove_stale()
         tag = "%05d" % (os.getpid() % 100000)
-        self._subnet = "10.213.%d" % (os.getpid() % 250 + 1)
+        self._subnet = _free_subnet(os.getpid() % 250 + 1)
         self.bridge = "psb" + tag
         self.hosts = {}
         for i, name in enumerate(names):
