@@ -41,13 +41,10 @@ def _remove_stale():
     """Delete the namespaces and bridges of creators that are gone (a test
     process killed before its `close()`): left behind, they pile up, and
     their addresses stay routed."""
-    for ns in re.findall(r"^ps_sync_(\d{5})_\d+", _ip_output("netns", "list"),
-                         re.M):
-        if not os.path.exists("/proc/%d" % int(ns)):
-            for name in re.findall(r"^(ps_sync_%s_\d+)" % ns,
-                                   _ip_output("netns", "list"), re.M):
-                subprocess.run(["ip", "netns", "del", name],
-                               capture_output=True)
+    for name, tag in re.findall(r"^(ps_sync_(\d{5})_\d+)",
+                                _ip_output("netns", "list"), re.M):
+        if not os.path.exists("/proc/%d" % int(tag)):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
     for tag in re.findall(r"^\d+: psb(\d{5})[:@]", _ip_output("link"), re.M):
         if not os.path.exists("/proc/%d" % int(tag)):
             subprocess.run(["ip", "link", "del", "psb" + tag],
