@@ -20,6 +20,17 @@ measurements on this machine, not gates. With several `--batch_sizes` the
 four configurations run once per batch size, interleaved (configuration by
 configuration, batch sizes in a rotating order) so load changes on a shared
 machine hit every batch size alike.
+
+  python -m benchmarks.sync_overhead --paired_rounds 8 [--quorums 3,2,1]
+
+Paired mode, instead of the above: async and ps_sync at each quorum N (b =
+W - N backups) built over ONE in-process cluster in one process and measured
+in alternating windows of --seconds, the order reversed every other round.
+Separate interpreters on a shared machine differ by +-15% run to run; paired
+windows see the same load. Also reports CPU milliseconds per push (the whole
+cluster is this process) and, per ps_sync configuration, the median over
+rounds of its push rate divided by async's in the same round. TF1 cannot
+share the process (graph mode) and is left out.
 """
 from benchmarks import common  # first: pins Keras 2 before TensorFlow
 
@@ -101,15 +112,13 @@ def _tf1_sync(workers, seconds, batch):
             "pushes": float(sum(pushes) * (s1 - s0) / max(1, s1))}
 
 
-def _tf2(workers, seconds, batch, mode, replicas, steps_per_closure=1):
-    import ps_sync.keras_env  # noqa: F401
+def _build(strategy, coordinator, workers, batch, mode, replicas,
+           steps_per_closure):
+    """The model, optimizer and scheduled step function of one TF2
+    configuration, warmed up (traced, first pushes done)."""
     import tensorflow as tf
-    from ps_sync import analysis, telemetry
     from ps_sync.optimizer import SyncReplicasWithBackups
-    from ps_sync.testing import inprocess_cluster
 
-    strategy = inprocess_cluster.strategy(workers, 1)
-    coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
     with strategy.scope():
         w1 = tf.Variable(tf.random.normal([DIM, HIDDEN]) * 0.1, name="w1")
         w2 = tf.Variable(tf.random.normal([HIDDEN, CLASSES]) * 0.1, name="w2")
@@ -134,17 +143,48 @@ def _tf2(workers, seconds, batch, mode, replicas, steps_per_closure=1):
         for _ in tf.range(steps_per_closure):
             strategy.run(replica_fn)
 
-    # Warm up (tracing, first pushes), then count over a fixed wall time.
     for _ in range(2 * workers):
         coordinator.schedule(step)
     coordinator.join()
-    u0, p0, t0 = int(opt.iterations.numpy()), int(pushes.numpy()), time.time()
+    return step, opt, pushes
+
+
+def _cpu_s():
+    """CPU seconds of this process so far: with an in-process cluster, every
+    task's threads (and the coordinator's) are in it."""
+    import resource
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _window(coordinator, workers, built, seconds):
+    """Schedule `built`'s step for `seconds` of wall time: counts and CPU."""
+    step, opt, pushes = built
+    u0, p0 = int(opt.iterations.numpy()), int(pushes.numpy())
+    c0, t0 = _cpu_s(), time.time()
     while time.time() - t0 < seconds:
         for _ in range(4 * workers):
             coordinator.schedule(step)
         coordinator.join()
-    u1, p1, t1 = int(opt.iterations.numpy()), int(pushes.numpy()), time.time()
-    result = {"updates": u1 - u0, "pushes": p1 - p0, "seconds": t1 - t0}
+    t1, c1 = time.time(), _cpu_s()
+    u1, p1 = int(opt.iterations.numpy()), int(pushes.numpy())
+    return {"updates": u1 - u0, "pushes": p1 - p0, "seconds": t1 - t0,
+            "cpu_ms_per_push": 1000 * (c1 - c0) / max(1, p1 - p0)}
+
+
+def _tf2(workers, seconds, batch, mode, replicas, steps_per_closure=1):
+    import ps_sync.keras_env  # noqa: F401
+    import tensorflow as tf
+    from ps_sync import analysis, telemetry
+    from ps_sync.testing import inprocess_cluster
+
+    strategy = inprocess_cluster.strategy(workers, 1)
+    coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
+    built = _build(strategy, coordinator, workers, batch, mode, replicas,
+                   steps_per_closure)
+    t0 = time.time()
+    result = _window(coordinator, workers, built, seconds)
+    opt = built[1]
     if mode != "async":
         opt.telemetry.drain()
         summary = telemetry.summarize(opt.telemetry.pushes,
@@ -158,6 +198,53 @@ def _tf2(workers, seconds, batch, mode, replicas, steps_per_closure=1):
                 timed, opt.telemetry.steps).items()}
         result["stats"] = opt.sync_stats()
     return result
+
+
+def _paired(workers, seconds, rounds, batch, quorums, steps_per_closure):
+    """Async and ps_sync at each quorum over ONE cluster in one process,
+    alternating windows of `seconds` (the order reversed every other round),
+    so that load on a shared machine hits every configuration alike. Returns
+    each configuration's windows; `_paired_summary` reduces them."""
+    import ps_sync.keras_env  # noqa: F401
+    import tensorflow as tf
+    from ps_sync.testing import inprocess_cluster
+
+    strategy = inprocess_cluster.strategy(workers, 1)
+    coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
+    configs = {"async": ("async", workers)}
+    configs.update({"ps_sync_n%d" % n: ("sync", n) for n in quorums})
+    built = {name: _build(strategy, coordinator, workers, batch, mode, n,
+                          steps_per_closure)
+             for name, (mode, n) in configs.items()}
+    windows = {name: [] for name in configs}
+    order = list(configs)
+    for r in range(rounds):
+        for name in (order if r % 2 == 0 else order[::-1]):
+            windows[name].append(
+                _window(coordinator, workers, built[name], seconds))
+    return windows
+
+
+def _paired_summary(windows):
+    """Medians per configuration, and each ps_sync configuration's push rate
+    over async's in the same round (the median of those paired ratios)."""
+    import statistics
+
+    def rate(w, key):
+        return w[key] / w["seconds"]
+
+    summary = {}
+    for name, ws in windows.items():
+        summary[name] = {
+            "updates_per_s": statistics.median(rate(w, "updates") for w in ws),
+            "pushes_per_s": statistics.median(rate(w, "pushes") for w in ws),
+            "cpu_ms_per_push": statistics.median(
+                w["cpu_ms_per_push"] for w in ws)}
+        if name != "async":
+            summary[name]["pushes_vs_async"] = statistics.median(
+                rate(w, "pushes") / rate(a, "pushes")
+                for w, a in zip(ws, windows["async"]))
+    return summary
 
 
 def _runs(w, seconds, batch, spc):
@@ -205,6 +292,12 @@ def main(argv=None):
     parser.add_argument("--configs", default=None,
                         help="comma-separated subset of tf1_sync, ps_sync, "
                         "ps_sync_b1, async (default: all four)")
+    parser.add_argument("--paired_rounds", type=int, default=0,
+                        help="> 0: paired mode (see the module doc) with "
+                        "this many rounds of alternating windows")
+    parser.add_argument("--quorums", type=common.int_list, default=None,
+                        help="paired mode: the ps_sync quorums N to measure "
+                        "(default: W and W-1)")
     parser.add_argument("--out", default="benchmarks/results/sync_overhead")
     args = parser.parse_args(argv)
     if args.workers < 2:
@@ -216,6 +309,15 @@ def main(argv=None):
     sys.path.insert(0, os.getcwd())
     from ps_sync.testing import fresh_interpreter
 
+    if args.paired_rounds < 0:
+        parser.error("--paired_rounds must be 0 (off) or positive")
+    quorums = args.quorums or [args.workers, args.workers - 1]
+    if any(not 1 <= n <= args.workers for n in quorums):
+        parser.error("--quorums must be between 1 and --workers (%d)"
+                     % args.workers)
+    if args.paired_rounds:
+        _main_paired(args, batches[0], quorums)
+        return
     machine = common.machine_start()
     names = list(_runs(args.workers, args.seconds, batches[0], 1))
     if args.configs:
@@ -259,6 +361,33 @@ def main(argv=None):
     with open(args.out + ".json", "w") as f:
         json.dump(report, f, indent=2)
     _plot(by_batch, args.out + ".png")
+    print("wrote %s.json and %s.png" % (args.out, args.out))
+
+
+def _main_paired(args, batch, quorums):
+    from ps_sync.testing import fresh_interpreter
+    machine = common.machine_start()
+    windows = fresh_interpreter.run(
+        HERE + ":_paired",
+        dict(workers=args.workers, seconds=args.seconds,
+             rounds=args.paired_rounds, batch=batch, quorums=quorums,
+             steps_per_closure=args.steps_per_closure),
+        timeout=args.seconds * args.paired_rounds * (len(quorums) + 1) * 2
+        + 300)
+    summary = _paired_summary(windows)
+    for name, r in summary.items():
+        print("paired %-12s %7.1f updates/s %7.1f pushes/s %6.2f CPU ms/push%s"
+              % (name, r["updates_per_s"], r["pushes_per_s"],
+                 r["cpu_ms_per_push"],
+                 "  pushes vs async %.2f" % r["pushes_vs_async"]
+                 if "pushes_vs_async" in r else ""), flush=True)
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out + ".json", "w") as f:
+        json.dump({"args": vars(args), "machine": common.machine_end(machine),
+                   "paired": {"batch": batch, "quorums": quorums,
+                              "summary": summary, "windows": windows}},
+                  f, indent=2)
+    _plot({batch: summary}, args.out + ".png")
     print("wrote %s.json and %s.png" % (args.out, args.out))
 
 

@@ -33,12 +33,48 @@ def test_sync_overhead_two_batch_sizes(tmp_path):
     benchmark_run.assert_png(out + ".png")
 
 
+@pytest.mark.timeout(300)
+def test_sync_overhead_paired_windows_over_one_cluster(tmp_path):
+    out = str(tmp_path / "paired")
+    code, output, report = benchmark_run.run(MODULE, [
+        "--workers", "2", "--seconds", "1", "--paired_rounds", "2",
+        "--quorums", "2,1", "--out", out], timeout=290)
+    assert code == 0, output[-3000:]
+    benchmark_run.assert_machine(report)
+    paired = report["paired"]
+    assert paired["quorums"] == [2, 1]
+    windows, summary = paired["windows"], paired["summary"]
+    assert set(windows) == set(summary) == {"async", "ps_sync_n2",
+                                            "ps_sync_n1"}
+    for name, ws in windows.items():
+        assert len(ws) == 2  # one window per round
+        for w in ws:
+            assert w["pushes"] > 0 and w["seconds"] >= 1
+            assert w["cpu_ms_per_push"] > 0
+    # An update takes N pushes (more were tried: stale, duplicate or late
+    # ones, and a step left open at a window's edge).
+    for name, n in (("ps_sync_n2", 2), ("ps_sync_n1", 1)):
+        for w in windows[name]:
+            assert 1 <= w["updates"] and n * w["updates"] <= w["pushes"] + n
+    for name in ("ps_sync_n2", "ps_sync_n1"):
+        ratios = sorted(
+            (w["pushes"] / w["seconds"]) / (a["pushes"] / a["seconds"])
+            for w, a in zip(windows[name], windows["async"]))
+        assert summary[name]["pushes_vs_async"] == pytest.approx(
+            sum(ratios) / 2)  # the median of two
+    assert "pushes_vs_async" not in summary["async"]
+    benchmark_run.assert_png(out + ".png")
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("args, message", [
     (["--batch_sizes", "8,x"], "expected comma-separated integers"),
     (["--batch_sizes", "0"], "--batch_sizes must be positive"),
     (["--workers", "1"], "--workers must be at least 2"),
     (["--configs", "tf2"], "--configs: unknown tf2"),
+    (["--paired_rounds", "-1"], "--paired_rounds must be 0 (off) or"),
+    (["--workers", "2", "--quorums", "3"],
+     "--quorums must be between 1 and --workers (2)"),
 ])
 def test_sync_overhead_bad_input(tmp_path, args, message):
     code, output, _ = benchmark_run.run(
