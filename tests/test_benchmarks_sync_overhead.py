@@ -1,7 +1,8 @@
 """benchmarks/sync_overhead.py with tiny settings: ps_sync (b=0) and async
 at two batch sizes, one second each, every one in a fresh interpreter with
 its own in-process cluster (four interpreters; all four configurations at
-two batch sizes took 4 minutes on 2 shared cores)."""
+two batch sizes took 4 minutes on 2 shared cores); and the paired mode,
+every configuration over one cluster in one interpreter."""
 import pytest
 
 from tests import benchmark_run
@@ -10,14 +11,22 @@ MODULE = "benchmarks.sync_overhead"
 CONFIGS = {"ps_sync", "async"}
 
 
+def _run_ok(out, args):
+    """Run the benchmark with `args` writing to `out`; its report, checked
+    for a clean exit and the machine record."""
+    code, output, report = benchmark_run.run(
+        MODULE, args + ["--out", out], timeout=290)
+    assert code == 0, output[-3000:]
+    benchmark_run.assert_machine(report)
+    return report
+
+
 @pytest.mark.timeout(300)
 def test_sync_overhead_two_batch_sizes(tmp_path):
     out = str(tmp_path / "overhead")
-    code, output, report = benchmark_run.run(MODULE, [
-        "--workers", "2", "--seconds", "1", "--batch_sizes", "8,64",
-        "--configs", "ps_sync,async", "--out", out], timeout=290)
-    assert code == 0, output[-3000:]
-    benchmark_run.assert_machine(report)
+    report = _run_ok(out, ["--workers", "2", "--seconds", "1",
+                           "--batch_sizes", "8,64",
+                           "--configs", "ps_sync,async"])
     assert set(report["results_by_batch"]) == {"8", "64"}
     for batch, results in report["results_by_batch"].items():
         assert set(results) == CONFIGS
@@ -36,11 +45,8 @@ def test_sync_overhead_two_batch_sizes(tmp_path):
 @pytest.mark.timeout(300)
 def test_sync_overhead_paired_windows_over_one_cluster(tmp_path):
     out = str(tmp_path / "paired")
-    code, output, report = benchmark_run.run(MODULE, [
-        "--workers", "2", "--seconds", "1", "--paired_rounds", "2",
-        "--quorums", "2,1", "--out", out], timeout=290)
-    assert code == 0, output[-3000:]
-    benchmark_run.assert_machine(report)
+    report = _run_ok(out, ["--workers", "2", "--seconds", "1",
+                           "--paired_rounds", "2", "--quorums", "2,1"])
     paired = report["paired"]
     assert paired["quorums"] == [2, 1]
     windows, summary = paired["windows"], paired["summary"]
