@@ -294,7 +294,8 @@ def main(argv=None):
                         "ps_sync_b1, async (default: all four)")
     parser.add_argument("--paired_rounds", type=int, default=0,
                         help="> 0: paired mode (see the module doc) with "
-                        "this many rounds of alternating windows")
+                        "this many rounds of alternating windows, at the "
+                        "first of --batch_sizes")
     parser.add_argument("--quorums", type=common.int_list, default=None,
                         help="paired mode: the ps_sync quorums N to measure "
                         "(default: W and W-1)")
