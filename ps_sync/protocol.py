@@ -448,9 +448,14 @@ class SyncProtocol(tf.Module):
                 for g in grads]
         with tf.control_dependencies(deps):
             computed_at = tf.timestamp()
+        # One transfer for both: each cross-task tensor is an RPC per push,
+        # and on a loaded machine RPCs are most of a push's cost (a float64
+        # holds any worker index exactly).
+        meta = tf.stack([tf.cast(worker, tf.float64), computed_at])
         with tf.device(self._device):
-            worker = tf.cast(worker, tf.int32)
-            computed_at = tf.identity(computed_at)
+            meta = tf.identity(meta)
+            worker = tf.cast(meta[0], tf.int32)
+            computed_at = meta[1]
         # Asked once the gradients exist (computed_at waits for them).
         leave_cs = self._critical_section([worker, computed_at], "leave")
         with tf.device(self._device):
