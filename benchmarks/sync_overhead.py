@@ -22,19 +22,24 @@ configuration, batch sizes in a rotating order) so load changes on a shared
 machine hit every batch size alike.
 
   python -m benchmarks.sync_overhead --paired_rounds 8 [--quorums 3,2,1]
+      [--batch_sizes 32,256,1024]
 
-Paired mode, instead of the above: async and ps_sync at each quorum N (b =
-W - N backups) built over ONE in-process cluster in one process and measured
-in alternating windows of --seconds, the order reversed every other round.
-Separate interpreters on a shared machine differ by +-15% run to run; paired
-windows see the same load. Also reports CPU milliseconds per push (the whole
-cluster is this process) and, per ps_sync configuration, the median over
-rounds of its push rate divided by async's in the same round. TF1 cannot
-share the process (graph mode) and is left out.
+Paired mode, instead of the above: at each batch size, async and ps_sync at
+each quorum N (b = W - N backups) built over ONE in-process cluster, and TF1
+(N = W) on an in-process cluster of its own (its sessions are graph mode, so
+it can share the process), all measured in alternating windows of --seconds,
+the order reversed every other round. Separate interpreters on a shared
+machine differ by +-15% run to run; paired windows see the same load. Also
+reports CPU milliseconds per push (every cluster is this process) and the
+medians over rounds of per-round ratios: each ps_sync configuration's push
+rate over async's and update rate over TF1's, and TF1's push rate over
+async's. Larger batches show how the ratios move as a push's compute grows
+against the protocol's fixed cost.
 """
 from benchmarks import common  # first: pins Keras 2 before TensorFlow
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -45,27 +50,52 @@ HERE = "benchmarks.sync_overhead"
 DIM, HIDDEN, CLASSES = 64, 256, 10
 
 
-def _tf1_sync(workers, seconds, batch):
-    import ps_sync.keras_env  # noqa: F401
-    import portpicker
-    import tensorflow as tf
-    tf.compat.v1.disable_eager_execution()
-    v1 = tf.compat.v1
+class _Tf1Sync:
+    """TF1's SyncReplicasOptimizer on its own in-process cluster (1 PS + W
+    workers), each worker's session in a thread, measured in windows like
+    `_window`: between windows a gate stops every worker at its next
+    session.run. Graph mode per worker graph, so it can share a process (and
+    its CPU accounting) with the eager TF2 configurations."""
 
-    spec = {"ps": ["localhost:%d" % portpicker.pick_unused_port()],
-            "worker": ["localhost:%d" % portpicker.pick_unused_port()
-                       for _ in range(workers)]}
-    cluster = tf.train.ClusterSpec(spec)
-    config = v1.ConfigProto(inter_op_parallelism_threads=workers + 1)
-    v1.train.Server(cluster, job_name="ps", task_index=0)
-    servers = [v1.train.Server(cluster, job_name="worker", task_index=i,
-                               config=config) for i in range(workers)]
-    pushes = [0] * workers
-    marks = {}
-    ready = threading.Event()
-    stop = threading.Event()
+    def __init__(self, workers, batch):
+        import ps_sync.keras_env  # noqa: F401
+        import portpicker
+        import tensorflow as tf
+        v1 = tf.compat.v1
 
-    def worker(i):
+        spec = {"ps": ["localhost:%d" % portpicker.pick_unused_port()],
+                "worker": ["localhost:%d" % portpicker.pick_unused_port()
+                           for _ in range(workers)]}
+        cluster = tf.train.ClusterSpec(spec)
+        config = v1.ConfigProto(inter_op_parallelism_threads=workers + 1)
+        v1.train.Server(cluster, job_name="ps", task_index=0)
+        servers = [v1.train.Server(cluster, job_name="worker", task_index=i,
+                                   config=config) for i in range(workers)]
+        self._lock = threading.Lock()
+        self._gate = threading.Event()
+        self._pushes = 0
+        self._step = 0
+        self._error = None
+        chief_ready = threading.Event()
+
+        def worker(i):
+            try:
+                self._worker(tf, cluster, config, servers[i], workers, batch,
+                             i, chief_ready)
+            except Exception as e:  # surfaced by window()
+                self._error = "TF1 worker %d: %r" % (i, e)
+                chief_ready.set()
+
+        for i in range(workers):
+            threading.Thread(target=worker, args=(i,), daemon=True).start()
+        if not chief_ready.wait(timeout=180):
+            raise RuntimeError("the TF1 chief session did not start")
+        # Warm-up: the first steps start the sessions and queue runners.
+        self.window(1.0)
+
+    def _worker(self, tf, cluster, config, server, workers, batch, i,
+                chief_ready):
+        v1 = tf.compat.v1
         graph = tf.Graph()
         with graph.as_default(), v1.device(v1.train.replica_device_setter(
                 worker_device="/job:worker/task:%d" % i, cluster=cluster)):
@@ -83,33 +113,40 @@ def _tf1_sync(workers, seconds, batch):
             train_op = opt.minimize(loss, global_step=step)
             hook = opt.make_session_run_hook(is_chief=(i == 0))
         if i != 0:
-            ready.wait()
+            chief_ready.wait()
         with graph.as_default(), v1.train.MonitoredTrainingSession(
-                master=servers[i].target, is_chief=(i == 0), hooks=[hook],
+                master=server.target, is_chief=(i == 0), hooks=[hook],
                 config=config) as sess:
             if i == 0:
-                ready.set()
-            while not stop.is_set():
+                chief_ready.set()
+            while True:
+                self._gate.wait()
                 now_step = sess.run([train_op, step])[1]
-                pushes[i] += 1
-                if i == 0:
-                    marks.setdefault("first", (time.time(), now_step))
-                    marks["last"] = (time.time(), now_step)
+                with self._lock:
+                    self._pushes += 1
+                    self._step = max(self._step, int(now_step))
 
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True)
-               for i in range(workers)]
-    for t in threads:
-        t.start()
-    if not ready.wait(timeout=180):
-        raise RuntimeError("the TF1 chief session did not start")
-    time.sleep(seconds)
-    stop.set()
-    # Non-chief workers may stay blocked on a token forever (the TF1 issue
-    # tensorflow#7970): the chief's count is the measurement.
-    threads[0].join(timeout=30)
-    (t0, s0), (t1, s1) = marks["first"], marks["last"]
-    return {"updates": int(s1 - s0), "seconds": t1 - t0,
-            "pushes": float(sum(pushes) * (s1 - s0) / max(1, s1))}
+    def window(self, seconds):
+        """Let the workers run for `seconds`: counts and CPU, as `_window`.
+        (Non-chief workers may stay blocked on a token between windows,
+        tensorflow#7970; they resume with the next window.)"""
+        with self._lock:
+            p0, s0 = self._pushes, self._step
+        c0, t0 = _cpu_s(), time.time()
+        self._gate.set()
+        time.sleep(seconds)
+        with self._lock:
+            p1, s1 = self._pushes, self._step
+        t1, c1 = time.time(), _cpu_s()
+        self._gate.clear()
+        if self._error:
+            raise RuntimeError(self._error)
+        return {"updates": s1 - s0, "pushes": p1 - p0, "seconds": t1 - t0,
+                "cpu_ms_per_push": 1000 * (c1 - c0) / max(1, p1 - p0)}
+
+
+def _tf1_sync(workers, seconds, batch):
+    return _Tf1Sync(workers, batch).window(seconds)
 
 
 def _build(strategy, coordinator, workers, batch, mode, replicas,
@@ -200,38 +237,52 @@ def _tf2(workers, seconds, batch, mode, replicas, steps_per_closure=1):
     return result
 
 
-def _paired(workers, seconds, rounds, batch, quorums, steps_per_closure):
-    """Async and ps_sync at each quorum over ONE cluster in one process,
-    alternating windows of `seconds` (the order reversed every other round),
-    so that load on a shared machine hits every configuration alike. Returns
-    each configuration's windows; `_paired_summary` reduces them."""
+def _paired(workers, seconds, rounds, batch_sizes, quorums,
+            steps_per_closure):
+    """Every configuration at every batch size in ONE process: async and
+    ps_sync at each quorum over one in-process cluster, TF1 on a cluster of
+    its own (one per batch size), measured in alternating windows of
+    `seconds` (the order reversed every other round), so that load on a
+    shared machine hits every configuration alike. Returns each batch size's
+    windows per configuration; `_paired_summary` reduces them."""
     import ps_sync.keras_env  # noqa: F401
     import tensorflow as tf
     from ps_sync.testing import inprocess_cluster
 
     strategy = inprocess_cluster.strategy(workers, 1)
     coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
-    configs = {"async": ("async", workers)}
-    configs.update({"ps_sync_n%d" % n: ("sync", n) for n in quorums})
-    built = {name: _build(strategy, coordinator, workers, batch, mode, n,
-                          steps_per_closure)
-             for name, (mode, n) in configs.items()}
-    windows = {name: [] for name in configs}
-    order = list(configs)
+    measure = {}  # (batch, name) -> a function of the window length
+    for batch in batch_sizes:
+        configs = {"async": ("async", workers)}
+        configs.update({"ps_sync_n%d" % n: ("sync", n) for n in quorums})
+        for name, (mode, n) in configs.items():
+            built = _build(strategy, coordinator, workers, batch, mode, n,
+                           steps_per_closure)
+            measure[batch, name] = functools.partial(
+                _window, coordinator, workers, built)
+        measure[batch, "tf1_sync"] = _Tf1Sync(workers, batch).window
+    windows = {str(b): {name: [] for (b2, name) in measure if b2 == b}
+               for b in batch_sizes}
+    order = list(measure)
     for r in range(rounds):
-        for name in (order if r % 2 == 0 else order[::-1]):
-            windows[name].append(
-                _window(coordinator, workers, built[name], seconds))
+        for batch, name in (order if r % 2 == 0 else order[::-1]):
+            windows[str(batch)][name].append(measure[batch, name](seconds))
     return windows
 
 
 def _paired_summary(windows):
-    """Medians per configuration, and each ps_sync configuration's push rate
-    over async's in the same round (the median of those paired ratios)."""
+    """Medians per configuration; each ps_sync configuration's push rate over
+    async's and its update rate over TF1's, paired by round (the median of
+    the per-round ratios); TF1's push rate over async's the same way."""
     import statistics
 
     def rate(w, key):
         return w[key] / w["seconds"]
+
+    def paired(name, other, key):
+        return statistics.median(
+            rate(w, key) / max(rate(o, key), 1e-9)
+            for w, o in zip(windows[name], windows[other]))
 
     summary = {}
     for name, ws in windows.items():
@@ -241,9 +292,10 @@ def _paired_summary(windows):
             "cpu_ms_per_push": statistics.median(
                 w["cpu_ms_per_push"] for w in ws)}
         if name != "async":
-            summary[name]["pushes_vs_async"] = statistics.median(
-                rate(w, "pushes") / rate(a, "pushes")
-                for w, a in zip(ws, windows["async"]))
+            summary[name]["pushes_vs_async"] = paired(name, "async", "pushes")
+        if name.startswith("ps_sync") and "tf1_sync" in windows:
+            summary[name]["updates_vs_tf1"] = paired(name, "tf1_sync",
+                                                     "updates")
     return summary
 
 
@@ -294,8 +346,8 @@ def main(argv=None):
                         "ps_sync_b1, async (default: all four)")
     parser.add_argument("--paired_rounds", type=int, default=0,
                         help="> 0: paired mode (see the module doc) with "
-                        "this many rounds of alternating windows, at the "
-                        "first of --batch_sizes")
+                        "this many rounds of alternating windows, at each "
+                        "of --batch_sizes")
     parser.add_argument("--quorums", type=common.int_list, default=None,
                         help="paired mode: the ps_sync quorums N to measure "
                         "(default: W and W-1)")
@@ -317,7 +369,7 @@ def main(argv=None):
         parser.error("--quorums must be between 1 and --workers (%d)"
                      % args.workers)
     if args.paired_rounds:
-        _main_paired(args, batches[0], quorums)
+        _main_paired(args, batches, quorums)
         return
     machine = common.machine_start()
     names = list(_runs(args.workers, args.seconds, batches[0], 1))
@@ -365,30 +417,39 @@ def main(argv=None):
     print("wrote %s.json and %s.png" % (args.out, args.out))
 
 
-def _main_paired(args, batch, quorums):
+def _main_paired(args, batch_sizes, quorums):
     from ps_sync.testing import fresh_interpreter
     machine = common.machine_start()
+    configs = len(quorums) + 2
     windows = fresh_interpreter.run(
         HERE + ":_paired",
         dict(workers=args.workers, seconds=args.seconds,
-             rounds=args.paired_rounds, batch=batch, quorums=quorums,
-             steps_per_closure=args.steps_per_closure),
-        timeout=args.seconds * args.paired_rounds * (len(quorums) + 1) * 2
-        + 300)
-    summary = _paired_summary(windows)
-    for name, r in summary.items():
-        print("paired %-12s %7.1f updates/s %7.1f pushes/s %6.2f CPU ms/push%s"
-              % (name, r["updates_per_s"], r["pushes_per_s"],
-                 r["cpu_ms_per_push"],
-                 "  pushes vs async %.2f" % r["pushes_vs_async"]
-                 if "pushes_vs_async" in r else ""), flush=True)
+             rounds=args.paired_rounds, batch_sizes=batch_sizes,
+             quorums=quorums, steps_per_closure=args.steps_per_closure),
+        timeout=len(batch_sizes) * (
+            args.seconds * args.paired_rounds * configs * 2 + 300))
+    by_batch = {}
+    for batch in batch_sizes:
+        summary = _paired_summary(windows[str(batch)])
+        by_batch[str(batch)] = {"summary": summary,
+                                "windows": windows[str(batch)]}
+        for name, r in summary.items():
+            print("paired batch %-4d %-12s %7.1f updates/s %7.1f pushes/s "
+                  "%6.2f CPU ms/push%s%s" % (
+                      batch, name, r["updates_per_s"], r["pushes_per_s"],
+                      r["cpu_ms_per_push"],
+                      "  pushes vs async %.2f" % r["pushes_vs_async"]
+                      if "pushes_vs_async" in r else "",
+                      "  updates vs TF1 %.2f" % r["updates_vs_tf1"]
+                      if "updates_vs_tf1" in r else ""), flush=True)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out + ".json", "w") as f:
         json.dump({"args": vars(args), "machine": common.machine_end(machine),
-                   "paired": {"batch": batch, "quorums": quorums,
-                              "summary": summary, "windows": windows}},
+                   "paired": {"batch_sizes": batch_sizes, "quorums": quorums,
+                              "by_batch": by_batch}},
                   f, indent=2)
-    _plot({batch: summary}, args.out + ".png")
+    _plot({b: by_batch[str(b)]["summary"] for b in batch_sizes},
+          args.out + ".png")
     print("wrote %s.json and %s.png" % (args.out, args.out))
 
 

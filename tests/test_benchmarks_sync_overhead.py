@@ -2,7 +2,7 @@
 at two batch sizes, one second each, every one in a fresh interpreter with
 its own in-process cluster (four interpreters; all four configurations at
 two batch sizes took 4 minutes on 2 shared cores); and the paired mode,
-every configuration over one cluster in one interpreter."""
+every configuration, TF1 included, at two batch sizes in one interpreter."""
 import pytest
 
 from tests import benchmark_run
@@ -46,29 +46,40 @@ def test_sync_overhead_two_batch_sizes(tmp_path):
 def test_sync_overhead_paired_windows_over_one_cluster(tmp_path):
     out = str(tmp_path / "paired")
     report = _run_ok(out, ["--workers", "2", "--seconds", "1",
-                           "--paired_rounds", "2", "--quorums", "2,1"])
+                           "--paired_rounds", "2", "--quorums", "2,1",
+                           "--batch_sizes", "8,64"])
     paired = report["paired"]
-    assert paired["quorums"] == [2, 1]
-    windows, summary = paired["windows"], paired["summary"]
-    assert set(windows) == set(summary) == {"async", "ps_sync_n2",
-                                            "ps_sync_n1"}
-    for name, ws in windows.items():
-        assert len(ws) == 2  # one window per round
-        for w in ws:
-            assert w["pushes"] > 0 and w["seconds"] >= 1
-            assert w["cpu_ms_per_push"] > 0
-    # An update takes N pushes (more were tried: stale, duplicate or late
-    # ones, and a step left open at a window's edge).
-    for name, n in (("ps_sync_n2", 2), ("ps_sync_n1", 1)):
-        for w in windows[name]:
-            assert 1 <= w["updates"] and n * w["updates"] <= w["pushes"] + n
-    for name in ("ps_sync_n2", "ps_sync_n1"):
-        ratios = sorted(
-            (w["pushes"] / w["seconds"]) / (a["pushes"] / a["seconds"])
-            for w, a in zip(windows[name], windows["async"]))
-        assert summary[name]["pushes_vs_async"] == pytest.approx(
-            sum(ratios) / 2)  # the median of two
-    assert "pushes_vs_async" not in summary["async"]
+    assert paired["quorums"] == [2, 1] and paired["batch_sizes"] == [8, 64]
+    assert set(paired["by_batch"]) == {"8", "64"}
+    for one in paired["by_batch"].values():
+        windows, summary = one["windows"], one["summary"]
+        assert set(windows) == set(summary) == {
+            "async", "ps_sync_n2", "ps_sync_n1", "tf1_sync"}
+        for name, ws in windows.items():
+            assert len(ws) == 2  # one window per round
+            for w in ws:
+                assert w["pushes"] > 0 and w["seconds"] >= 1
+                assert w["cpu_ms_per_push"] > 0
+        # An update takes N pushes (more were tried: stale, duplicate or
+        # late ones, and a step left open at a window's edge); TF1 applies
+        # every push of a step (N = W = 2), give or take the steps open at
+        # the window's two edges.
+        for name, n in (("ps_sync_n2", 2), ("ps_sync_n1", 1)):
+            for w in windows[name]:
+                assert 1 <= w["updates"] and n * w["updates"] <= w["pushes"] + n
+        for w in windows["tf1_sync"]:
+            assert abs(2 * w["updates"] - w["pushes"]) <= 4
+        for name, other, key, field in (
+                ("ps_sync_n2", "async", "pushes", "pushes_vs_async"),
+                ("ps_sync_n1", "async", "pushes", "pushes_vs_async"),
+                ("tf1_sync", "async", "pushes", "pushes_vs_async"),
+                ("ps_sync_n2", "tf1_sync", "updates", "updates_vs_tf1")):
+            ratios = [(w[key] / w["seconds"]) / (o[key] / o["seconds"])
+                      for w, o in zip(windows[name], windows[other])]
+            assert summary[name][field] == pytest.approx(
+                sum(ratios) / 2)  # the median of two
+        assert "pushes_vs_async" not in summary["async"]
+        assert "updates_vs_tf1" not in summary["tf1_sync"]
     benchmark_run.assert_png(out + ".png")
 
 
