@@ -22,7 +22,9 @@ non-duplicate push leave to send while the open step is not full
 (`_reserve`); a push refused is certain to be dropped and sends nothing. The
 gradients with leave go straight to the shards of their accumulators, and
 only once all of them are there does the push take the lock again to admit,
-accumulate and maybe apply: all PS-local work.
+accumulate and maybe apply: all PS-local work. Without backups (N = N+b)
+nothing is late in the normal course, so a push sends without asking (the
+admission still decides): the question would cost a round trip per push.
 
 Waiting. An admitted worker that did not close its step blocks on its own
 wake-up queue on the protocol PS instead of computing a gradient certain to
@@ -410,6 +412,18 @@ class SyncProtocol(tf.Module):
                            tf.equal(self.admitted[worker], 0)),
             self.count.read_value() < self._quorum(published))
 
+    def _send(self, grads):
+        """Each gradient on its accumulator's shard, unconditionally."""
+        out = []
+        for acc, g in zip(self.accumulators, grads):
+            with tf.device(acc.device):
+                out.append(tf.IndexedSlices(tf.identity(g.values),
+                                            tf.identity(g.indices),
+                                            g.dense_shape)
+                           if isinstance(g, tf.IndexedSlices)
+                           else tf.identity(g))
+        return out
+
     def _send_if_reserved(self, reserved, grads):
         """Each gradient on its accumulator's shard if `reserved`, else zeros
         made there: a gradient certain to be dropped never leaves the worker.
@@ -456,15 +470,22 @@ class SyncProtocol(tf.Module):
             meta = tf.identity(meta)
             worker = tf.cast(meta[0], tf.int32)
             computed_at = meta[1]
-        # Asked once the gradients exist (computed_at waits for them).
-        leave_cs = self._critical_section([worker, computed_at], "leave")
-        with tf.device(self._device):
-            reserved = leave_cs.execute(lambda: self._reserve(worker),
-                                        exclusive_resource_access=False)
-        sent = self._send_if_reserved(reserved, grads)
-        if sent is None:
-            sent, reserved = grads, tf.constant(True)
-        after = [t for g in sent for t in (
+        if self.replicas_to_aggregate < self.total_num_replicas:
+            # Asked once the gradients exist (computed_at waits for them).
+            leave_cs = self._critical_section([worker, computed_at], "leave")
+            with tf.device(self._device):
+                reserved = leave_cs.execute(lambda: self._reserve(worker),
+                                            exclusive_resource_access=False)
+            sent = self._send_if_reserved(reserved, grads)
+            if sent is None:
+                sent, reserved = grads, tf.constant(True)
+        else:
+            # No backups: every push is fresh bar a restart's duplicate, so
+            # asking would cost a round trip per push and save nothing
+            # (paired windows at N = 3: 23% more pushes/s without it).
+            sent, reserved = self._send(grads), tf.constant(True)
+        # The lock is taken once everything is on the PS.
+        after = [worker, computed_at] + [t for g in sent for t in (
             (g.values, g.indices) if isinstance(g, tf.IndexedSlices) else (g,))]
         cs = self._critical_section(after + [reserved], "push")
         with tf.device(self._device):
