@@ -462,9 +462,8 @@ class SyncProtocol(tf.Module):
                 for g in grads]
         with tf.control_dependencies(deps):
             computed_at = tf.timestamp()
-        # One transfer for both: each cross-task tensor is an RPC per push,
-        # and on a loaded machine RPCs are most of a push's cost (a float64
-        # holds any worker index exactly).
+        # One transfer for both: each cross-task tensor is an RPC on the
+        # step's critical path (a float64 holds any worker index exactly).
         meta = tf.stack([tf.cast(worker, tf.float64), computed_at])
         with tf.device(self._device):
             meta = tf.identity(meta)
