@@ -35,6 +35,14 @@ medians over rounds of per-round ratios: each ps_sync configuration's push
 rate over async's and update rate over TF1's, and TF1's push rate over
 async's. Larger batches show how the ratios move as a push's compute grows
 against the protocol's fixed cost.
+
+  python -m benchmarks.sync_overhead --paired_rounds 6 --processes
+
+The same with every task its own process (`python -m ps_sync.server`, as
+deployed: PS + W worker processes per cluster, this process the coordinator
+and the home of TF1's worker sessions, whose graphs run on their worker
+processes). CPU milliseconds per push then add up this process and every
+task process of every cluster.
 """
 from benchmarks import common  # first: pins Keras 2 before TensorFlow
 
@@ -57,20 +65,28 @@ class _Tf1Sync:
     session.run. Graph mode per worker graph, so it can share a process (and
     its CPU accounting) with the eager TF2 configurations."""
 
-    def __init__(self, workers, batch):
+    def __init__(self, workers, batch, spec=None):
+        """`spec`: {"ps": [address], "worker": [W addresses]} of servers
+        already running (a process cluster); None starts them in-process."""
         import ps_sync.keras_env  # noqa: F401
         import portpicker
         import tensorflow as tf
         v1 = tf.compat.v1
 
-        spec = {"ps": ["localhost:%d" % portpicker.pick_unused_port()],
-                "worker": ["localhost:%d" % portpicker.pick_unused_port()
-                           for _ in range(workers)]}
-        cluster = tf.train.ClusterSpec(spec)
         config = v1.ConfigProto(inter_op_parallelism_threads=workers + 1)
-        v1.train.Server(cluster, job_name="ps", task_index=0)
-        servers = [v1.train.Server(cluster, job_name="worker", task_index=i,
-                                   config=config) for i in range(workers)]
+        if spec is None:
+            spec = {"ps": ["localhost:%d" % portpicker.pick_unused_port()],
+                    "worker": ["localhost:%d" % portpicker.pick_unused_port()
+                               for _ in range(workers)]}
+            cluster = tf.train.ClusterSpec(spec)
+            v1.train.Server(cluster, job_name="ps", task_index=0)
+            targets = [v1.train.Server(cluster, job_name="worker",
+                                       task_index=i, config=config).target
+                       for i in range(workers)]
+        else:
+            spec = {job: spec[job] for job in ("ps", "worker")}
+            cluster = tf.train.ClusterSpec(spec)
+            targets = ["grpc://" + a for a in spec["worker"]]
         self._lock = threading.Lock()
         self._gate = threading.Event()
         self._pushes = 0
@@ -80,7 +96,7 @@ class _Tf1Sync:
 
         def worker(i):
             try:
-                self._worker(tf, cluster, config, servers[i], workers, batch,
+                self._worker(tf, cluster, config, targets[i], workers, batch,
                              i, chief_ready)
             except Exception as e:  # surfaced by window()
                 self._error = "TF1 worker %d: %r" % (i, e)
@@ -93,7 +109,7 @@ class _Tf1Sync:
         # Warm-up: the first steps start the sessions and queue runners.
         self.window(1.0)
 
-    def _worker(self, tf, cluster, config, server, workers, batch, i,
+    def _worker(self, tf, cluster, base_config, target, workers, batch, i,
                 chief_ready):
         v1 = tf.compat.v1
         graph = tf.Graph()
@@ -114,8 +130,13 @@ class _Tf1Sync:
             hook = opt.make_session_run_hook(is_chief=(i == 0))
         if i != 0:
             chief_ready.wait()
+        # Only the tasks this worker's graph uses: a process cluster's
+        # servers also list a chief, which no TF1 process serves.
+        config = v1.ConfigProto()
+        config.CopyFrom(base_config)
+        config.device_filters.extend(["/job:ps", "/job:worker/task:%d" % i])
         with graph.as_default(), v1.train.MonitoredTrainingSession(
-                master=server.target, is_chief=(i == 0), hooks=[hook],
+                master=target, is_chief=(i == 0), hooks=[hook],
                 config=config) as sess:
             if i == 0:
                 chief_ready.set()
@@ -131,18 +152,15 @@ class _Tf1Sync:
         (Non-chief workers may stay blocked on a token between windows,
         tensorflow#7970; they resume with the next window.)"""
         with self._lock:
-            p0, s0 = self._pushes, self._step
-        c0, t0 = _cpu_s(), time.time()
+            start = _mark(self._step, self._pushes)
         self._gate.set()
         time.sleep(seconds)
         with self._lock:
-            p1, s1 = self._pushes, self._step
-        t1, c1 = time.time(), _cpu_s()
+            end = _mark(self._step, self._pushes)
         self._gate.clear()
         if self._error:
             raise RuntimeError(self._error)
-        return {"updates": s1 - s0, "pushes": p1 - p0, "seconds": t1 - t0,
-                "cpu_ms_per_push": 1000 * (c1 - c0) / max(1, p1 - p0)}
+        return _between(start, end)
 
 
 def _tf1_sync(workers, seconds, batch):
@@ -186,27 +204,54 @@ def _build(strategy, coordinator, workers, batch, mode, replicas,
     return step, opt, pushes
 
 
+# The task processes of process clusters (paired mode, --processes).
+_CLUSTER_PIDS = []
+
+
 def _cpu_s():
-    """CPU seconds of this process so far: with an in-process cluster, every
-    task's threads (and the coordinator's) are in it."""
+    """CPU seconds so far: (this process: the coordinator, and with
+    in-process clusters every task's threads too; every process-cluster
+    task)."""
     import resource
+    from ps_sync.local_cluster import proc_stat
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    ticks = 0
+    for pid in _CLUSTER_PIDS:
+        fields = proc_stat(pid)
+        if fields:
+            ticks += int(fields[11]) + int(fields[12])
+    return (usage.ru_utime + usage.ru_stime,
+            ticks / os.sysconf("SC_CLK_TCK"))
+
+
+def _mark(updates, pushes):
+    """One edge of a measuring window: counts, wall time, `_cpu_s`."""
+    return (updates, pushes, time.time()) + _cpu_s()
+
+
+def _between(start, end):
+    """A window's record from its two `_mark`s. Every cluster's tasks count
+    in its CPU, the idle ones' too (an idle server costs next to nothing)."""
+    (u0, p0, t0, own0, tasks0), (u1, p1, t1, own1, tasks1) = start, end
+    pushes = max(1, p1 - p0)
+    record = {"updates": u1 - u0, "pushes": p1 - p0, "seconds": t1 - t0,
+              "cpu_ms_per_push":
+                  1000 * (own1 + tasks1 - own0 - tasks0) / pushes}
+    if _CLUSTER_PIDS:
+        record["task_cpu_ms_per_push"] = 1000 * (tasks1 - tasks0) / pushes
+    return record
 
 
 def _window(coordinator, workers, built, seconds):
     """Schedule `built`'s step for `seconds` of wall time: counts and CPU."""
     step, opt, pushes = built
-    u0, p0 = int(opt.iterations.numpy()), int(pushes.numpy())
-    c0, t0 = _cpu_s(), time.time()
-    while time.time() - t0 < seconds:
+    start = _mark(int(opt.iterations.numpy()), int(pushes.numpy()))
+    while time.time() - start[2] < seconds:
         for _ in range(4 * workers):
             coordinator.schedule(step)
         coordinator.join()
-    t1, c1 = time.time(), _cpu_s()
-    u1, p1 = int(opt.iterations.numpy()), int(pushes.numpy())
-    return {"updates": u1 - u0, "pushes": p1 - p0, "seconds": t1 - t0,
-            "cpu_ms_per_push": 1000 * (c1 - c0) / max(1, p1 - p0)}
+    return _between(start, _mark(int(opt.iterations.numpy()),
+                                 int(pushes.numpy())))
 
 
 def _tf2(workers, seconds, batch, mode, replicas, steps_per_closure=1):
@@ -237,19 +282,42 @@ def _tf2(workers, seconds, batch, mode, replicas, steps_per_closure=1):
     return result
 
 
+def _process_cluster(workers, name):
+    """1 PS + `workers` workers, each task its own process (torn down at
+    exit, logs in runs/benchmarks/sync_overhead/<name>); their CPU counts in
+    `_cpu_s`."""
+    from ps_sync.local_cluster import LocalCluster
+    cluster = LocalCluster(num_workers=workers, num_ps=1, echo=False,
+                           run_dir=os.path.join(common.RUN_ROOT,
+                                                "sync_overhead", name))
+    cluster.start()
+    _CLUSTER_PIDS.extend(t.pid for t in cluster.servers())
+    return cluster
+
+
 def _paired(workers, seconds, rounds, batch_sizes, quorums,
-            steps_per_closure):
+            steps_per_closure, processes=False):
     """Every configuration at every batch size in ONE process: async and
-    ps_sync at each quorum over one in-process cluster, TF1 on a cluster of
-    its own (one per batch size), measured in alternating windows of
-    `seconds` (the order reversed every other round), so that load on a
-    shared machine hits every configuration alike. Returns each batch size's
-    windows per configuration; `_paired_summary` reduces them."""
+    ps_sync at each quorum over one cluster, TF1 on a cluster of its own
+    (one per batch size), measured in alternating windows of `seconds` (the
+    order reversed every other round), so that load on a shared machine hits
+    every configuration alike. The clusters are in-process, or with
+    `processes` every task is its own process (this one is the coordinator,
+    and TF1's sessions run here too). Returns each batch size's windows per
+    configuration; `_paired_summary` reduces them."""
     import ps_sync.keras_env  # noqa: F401
+    if processes:
+        cluster = _process_cluster(workers, "tf2")
+        # Before TensorFlow starts this process's own server.
+        os.environ.update(cluster.coordinator_env())
     import tensorflow as tf
     from ps_sync.testing import inprocess_cluster
 
-    strategy = inprocess_cluster.strategy(workers, 1)
+    if processes:
+        strategy = tf.distribute.experimental.ParameterServerStrategy(
+            cluster.cluster_resolver())
+    else:
+        strategy = inprocess_cluster.strategy(workers, 1)
     coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
     measure = {}  # (batch, name) -> a function of the window length
     for batch in batch_sizes:
@@ -260,7 +328,9 @@ def _paired(workers, seconds, rounds, batch_sizes, quorums,
                            steps_per_closure)
             measure[batch, name] = functools.partial(
                 _window, coordinator, workers, built)
-        measure[batch, "tf1_sync"] = _Tf1Sync(workers, batch).window
+        spec = (_process_cluster(workers, "tf1_batch%d" % batch)
+                .cluster_spec() if processes else None)
+        measure[batch, "tf1_sync"] = _Tf1Sync(workers, batch, spec).window
     windows = {str(b): {name: [] for (b2, name) in measure if b2 == b}
                for b in batch_sizes}
     order = list(measure)
@@ -291,6 +361,9 @@ def _paired_summary(windows):
             "pushes_per_s": statistics.median(rate(w, "pushes") for w in ws),
             "cpu_ms_per_push": statistics.median(
                 w["cpu_ms_per_push"] for w in ws)}
+        if "task_cpu_ms_per_push" in ws[0]:
+            summary[name]["task_cpu_ms_per_push"] = statistics.median(
+                w["task_cpu_ms_per_push"] for w in ws)
         if name != "async":
             summary[name]["pushes_vs_async"] = paired(name, "async", "pushes")
         if name.startswith("ps_sync") and "tf1_sync" in windows:
@@ -351,6 +424,10 @@ def main(argv=None):
     parser.add_argument("--quorums", type=common.int_list, default=None,
                         help="paired mode: the ps_sync quorums N to measure "
                         "(default: W and W-1)")
+    parser.add_argument("--processes", action="store_true",
+                        help="paired mode: every task of every cluster its "
+                        "own process (the deployed topology) instead of "
+                        "in-process servers")
     parser.add_argument("--out", default="benchmarks/results/sync_overhead")
     args = parser.parse_args(argv)
     if args.workers < 2:
@@ -368,6 +445,8 @@ def main(argv=None):
     if any(not 1 <= n <= args.workers for n in quorums):
         parser.error("--quorums must be between 1 and --workers (%d)"
                      % args.workers)
+    if args.processes and not args.paired_rounds:
+        parser.error("--processes needs paired mode (--paired_rounds > 0)")
     if args.paired_rounds:
         _main_paired(args, batches, quorums)
         return
@@ -425,7 +504,8 @@ def _main_paired(args, batch_sizes, quorums):
         HERE + ":_paired",
         dict(workers=args.workers, seconds=args.seconds,
              rounds=args.paired_rounds, batch_sizes=batch_sizes,
-             quorums=quorums, steps_per_closure=args.steps_per_closure),
+             quorums=quorums, steps_per_closure=args.steps_per_closure,
+             processes=args.processes),
         timeout=len(batch_sizes) * (
             args.seconds * args.paired_rounds * configs * 2 + 300))
     by_batch = {}
@@ -435,9 +515,11 @@ def _main_paired(args, batch_sizes, quorums):
                                 "windows": windows[str(batch)]}
         for name, r in summary.items():
             print("paired batch %-4d %-12s %7.1f updates/s %7.1f pushes/s "
-                  "%6.2f CPU ms/push%s%s" % (
+                  "%6.2f CPU ms/push%s%s%s" % (
                       batch, name, r["updates_per_s"], r["pushes_per_s"],
                       r["cpu_ms_per_push"],
+                      " (%.2f in tasks)" % r["task_cpu_ms_per_push"]
+                      if "task_cpu_ms_per_push" in r else "",
                       "  pushes vs async %.2f" % r["pushes_vs_async"]
                       if "pushes_vs_async" in r else "",
                       "  updates vs TF1 %.2f" % r["updates_vs_tf1"]
@@ -449,11 +531,12 @@ def _main_paired(args, batch_sizes, quorums):
                               "by_batch": by_batch}},
                   f, indent=2)
     _plot({b: by_batch[str(b)]["summary"] for b in batch_sizes},
-          args.out + ".png")
+          args.out + ".png",
+          "process" if args.processes else "in-process")
     print("wrote %s.json and %s.png" % (args.out, args.out))
 
 
-def _plot(by_batch, path):
+def _plot(by_batch, path, topology="in-process"):
     plt = common.pyplot()
     batches = list(by_batch)
     fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches), 3),
@@ -471,7 +554,8 @@ def _plot(by_batch, path):
         ax.set_xticks(list(x))
         ax.set_xticklabels(names, fontsize=8)
         ax.legend(fontsize=8)
-        ax.set_title("batch %d per worker, same in-process cluster" % batch)
+        ax.set_title("batch %d per worker, same %s cluster"
+                     % (batch, topology))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -13,18 +13,15 @@ import random
 import threading
 import time
 
-from ps_sync.local_cluster import ClusterError
+from ps_sync.local_cluster import ClusterError, proc_stat
 # One sampler for the launcher and the simulator's replay of a spec.
 from ps_sync.simulator import sample_spec_distribution as sample
 
 
 def process_state(pid):
     """The kernel's state letter for pid ("T" = stopped), for the log."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
+    fields = proc_stat(pid)
+    return fields[0] if fields else None
 
 
 class StragglerInjector:

@@ -58,8 +58,8 @@ class ProgressMonitor:
         telemetry = getattr(self._optimizer, "telemetry", None)
         if telemetry is None:
             return None
-        pushes = telemetry.pushes[self._pushes_seen:]
-        self._pushes_seen += len(pushes)
+        pushes, self._pushes_seen = telemetry.since("pushes",
+                                                    self._pushes_seen)
         return pushes
 
     def tick(self):

@@ -132,6 +132,10 @@ class _Run:
         self.good = None          # CheckpointManager of the last good weights
         self.pushes_per_update = None  # measured over the current fit
         self.fit_called_at = None
+        # This fit's closes so far: (first, last, count), and how far the
+        # telemetry's steps were read.
+        self.fit_closes = (None, None, 0)
+        self.steps_seen = 0
         self.resizes = 0          # fits ended to resize the last interval
         self.resize_pending = False
 
@@ -241,17 +245,21 @@ def should_resize(mode, overshoot, target_updates, resizes, timing):
 def _fit_timing(run):
     """(seconds from this fit's call to its first update, mean seconds per
     update since) from the PS telemetry; None without telemetry (async) or
-    before two updates."""
+    before two updates. Reads only the steps new since the last call."""
     telemetry = getattr(run.optimizer, "telemetry", None)
     if telemetry is None:
         return None
     telemetry.drain()
-    closes = [s["closed_at"] for s in telemetry.steps
-              if s["closed_at"] >= run.fit_called_at]
-    if len(closes) < 2:
+    steps, run.steps_seen = telemetry.since("steps", run.steps_seen)
+    first, last, count = run.fit_closes
+    for s in steps:
+        if s["closed_at"] >= run.fit_called_at:
+            first = s["closed_at"] if first is None else first
+            last, count = s["closed_at"], count + 1
+    run.fit_closes = (first, last, count)
+    if count < 2:
         return None
-    return (closes[0] - run.fit_called_at,
-            (closes[-1] - closes[0]) / (len(closes) - 1))
+    return first - run.fit_called_at, (last - first) / (count - 1)
 
 
 def _maybe_inject_divergence(run, updates):
@@ -344,6 +352,7 @@ def _fit(config, run, checkpointer):
                      checkpointer, final_save=lambda: run.diverged is None),
                  _IntervalCallback(run, steps)]
     run.fit_called_at = time.time()
+    run.fit_closes = (None, None, 0)
     if run.fit_start is None:
         run.fit_start = run.fit_called_at
     run.monitor.start()

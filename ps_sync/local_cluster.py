@@ -514,15 +514,25 @@ def _killpg(task, sig):
         pass
 
 
+def proc_stat(pid):
+    """The fields of /proc/<pid>/stat after the command name (index 0 is the
+    state letter, 11 and 12 user and system CPU in clock ticks), or None if
+    the process is gone or there is no /proc."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def _wait_stopped(pid, stopped, timeout=5.0):
     """Wait until /proc shows the process stopped (or running again)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            with open("/proc/%d/stat" % pid) as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
+        fields = proc_stat(pid)
+        if not fields:
             return  # gone, or no /proc: nothing to wait for
+        state = fields[0]
         if (state in "Tt") == stopped or state in "ZX":
             return
         time.sleep(0.01)

@@ -116,7 +116,8 @@ class _SyncReplicasMixin:
 
     @property
     def telemetry(self):
-        """The `TelemetryWriter` (records so far in `.pushes`/`.steps`)."""
+        """The `TelemetryWriter` (the latest records in `.pushes`/`.steps`,
+        new ones by `.since`)."""
         return self._telemetry
 
     def close(self):

@@ -20,6 +20,7 @@ Step record:
   replicas_to_aggregate), closed_by (worker whose push closed it).
 """
 import collections
+import itertools
 import json
 import os
 import threading
@@ -31,13 +32,17 @@ from ps_sync import steplog
 SCHEMA_VERSION = steplog.SCHEMA_VERSION
 PUSHES_FILE = "pushes.jsonl"
 STEPS_FILE = "steps.jsonl"
+# Records of each kind kept in memory (the files keep them all): a long run
+# makes millions (paper scale: 150 workers, 10 pushes/s each), about 1 KB
+# apiece as Python dicts.
+IN_MEMORY_RECORDS = 50000
 
 
 class TelemetryWriter:
     """Drains the protocol's telemetry on the coordinator."""
 
     def __init__(self, protocol, directory=None, interval_s=0.5,
-                 tensorboard_dir=None):
+                 tensorboard_dir=None, in_memory=None):
         self._protocol = protocol
         self._directory = directory
         self._interval_s = interval_s
@@ -45,8 +50,11 @@ class TelemetryWriter:
         self._open = collections.defaultdict(list)  # step -> admitted pushes
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self.pushes = []
-        self.steps = []
+        # The latest records; `since` reads them by their running number.
+        in_memory = in_memory or IN_MEMORY_RECORDS
+        self.pushes = collections.deque(maxlen=in_memory)
+        self.steps = collections.deque(maxlen=in_memory)
+        self._totals = {"pushes": 0, "steps": 0}
         self.records_lost = 0
         self._files = None
         if directory:
@@ -104,12 +112,23 @@ class TelemetryWriter:
                     steps.append(self._step_record(record, record["worker"]))
             self.pushes.extend(pushes)
             self.steps.extend(steps)
+            self._totals["pushes"] += len(pushes)
+            self._totals["steps"] += len(steps)
             self._write_scalars(pushes, steps)
             if self._files:
                 for f, records in zip(self._files, (pushes, steps)):
                     f.writelines(json.dumps(r) + "\n" for r in records)
                     f.flush()
             return len(rows)
+
+    def since(self, kind, cursor):
+        """(records, next cursor): the `kind` ("pushes" or "steps") records
+        from running number `cursor` on that are still in memory (older
+        ones only in the files). Start with cursor 0."""
+        with self._lock:
+            records, total = getattr(self, kind), self._totals[kind]
+            skip = max(0, cursor - (total - len(records)))
+            return list(itertools.islice(records, skip, None)), total
 
     def _write_scalars(self, pushes, steps):
         """TensorBoard scalars per applied update (x axis: the update)."""

@@ -83,6 +83,31 @@ def test_sync_overhead_paired_windows_over_one_cluster(tmp_path):
     benchmark_run.assert_png(out + ".png")
 
 
+@pytest.mark.timeout(300)
+def test_sync_overhead_paired_over_process_clusters(tmp_path):
+    """--processes: two clusters of real task processes (one for async and
+    ps_sync, one for TF1), their CPU counted with the coordinator's."""
+    out = str(tmp_path / "processes")
+    report = _run_ok(out, ["--workers", "2", "--seconds", "1",
+                           "--paired_rounds", "1", "--quorums", "2",
+                           "--batch_sizes", "8", "--processes"])
+    assert report["args"]["processes"] is True
+    windows = report["paired"]["by_batch"]["8"]["windows"]
+    assert set(windows) == {"async", "ps_sync_n2", "tf1_sync"}
+    for ws in windows.values():
+        w, = ws
+        assert w["pushes"] > 0 and w["seconds"] >= 1
+        # The workers compute in their own processes: most of the CPU is
+        # theirs and the PS's, not this coordinator's.
+        assert 0 < w["task_cpu_ms_per_push"] < w["cpu_ms_per_push"]
+        assert w["task_cpu_ms_per_push"] > 0.5 * w["cpu_ms_per_push"]
+    w, = windows["ps_sync_n2"]
+    assert 1 <= w["updates"] and 2 * w["updates"] <= w["pushes"] + 2
+    w, = windows["tf1_sync"]
+    assert abs(2 * w["updates"] - w["pushes"]) <= 4
+    benchmark_run.assert_png(out + ".png")
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("args, message", [
     (["--batch_sizes", "8,x"], "expected comma-separated integers"),
@@ -92,6 +117,7 @@ def test_sync_overhead_paired_windows_over_one_cluster(tmp_path):
     (["--paired_rounds", "-1"], "--paired_rounds must be 0 (off) or"),
     (["--workers", "2", "--quorums", "3"],
      "--quorums must be between 1 and --workers (2)"),
+    (["--processes"], "--processes needs paired mode (--paired_rounds > 0)"),
 ])
 def test_sync_overhead_bad_input(tmp_path, args, message):
     code, output, _ = benchmark_run.run(

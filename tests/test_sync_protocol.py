@@ -8,7 +8,7 @@ HERE = __name__
 
 
 def _probe_custom_loop(workers, replicas, num_ps, closures, delays=(),
-                       partitioned=False, legacy=False):
+                       partitioned=False, legacy=False, in_memory=None):
     import os
     import tempfile
     import tensorflow as tf
@@ -17,6 +17,8 @@ def _probe_custom_loop(workers, replicas, num_ps, closures, delays=(),
     from ps_sync.testing import inprocess_cluster
     from tests import probe
 
+    if in_memory:
+        telemetry.IN_MEMORY_RECORDS = in_memory
     partitioner = (tf.distribute.experimental.partitioners
                    .FixedShardsPartitioner(num_ps) if partitioned else None)
     strategy = inprocess_cluster.strategy(workers, num_ps, partitioner)
@@ -42,9 +44,15 @@ def _probe_custom_loop(workers, replicas, num_ps, closures, delays=(),
     coordinator.join()
     steps, rows = probe.decode(model, replicas)
     opt.close()
+    memory = {"pushes": list(opt.telemetry.pushes),
+              "steps": list(opt.telemetry.steps),
+              "pushes_since_0": opt.telemetry.since("pushes", 0),
+              "pushes_since_20": opt.telemetry.since("pushes", 20),
+              "steps_since_end": opt.telemetry.since("steps", steps)}
     pushes, step_records = telemetry.read(os.path.join(run_dir, "telemetry"))
     return {"steps": steps, "rows": rows,
             "pushes": pushes, "step_records": step_records,
+            "memory": memory,
             "tensorboard_files": os.listdir(os.path.join(run_dir, "tb")),
             "iterations": int(opt.iterations.numpy()),
             "stats": opt.sync_stats(),
@@ -96,7 +104,8 @@ def test_delayed_worker_is_dropped_and_counted():
 def test_telemetry_records_match_the_decoded_updates():
     r = fresh_interpreter.run(
         HERE + ":_probe_custom_loop",
-        dict(workers=3, replicas=2, num_ps=1, closures=24), timeout=240)
+        dict(workers=3, replicas=2, num_ps=1, closures=24, in_memory=10),
+        timeout=240)
     steps = r["step_records"]
     # One step record per applied update, in order, holding exactly the
     # workers the probe decoded for that update.
@@ -120,3 +129,11 @@ def test_telemetry_records_match_the_decoded_updates():
         assert (p["admitted_rank"] in (1, 2)) == fresh
     assert any(f.startswith("events.out.tfevents") for f in
                r["tensorboard_files"])
+    # In memory only the latest 10 of each kind (the files keep them all);
+    # `since` reads them by running number.
+    memory = r["memory"]
+    assert memory["pushes"] == r["pushes"][-10:]
+    assert memory["steps"] == steps[-10:]
+    assert memory["pushes_since_0"] == [r["pushes"][-10:], 24]
+    assert memory["pushes_since_20"] == [r["pushes"][20:], 24]
+    assert memory["steps_since_end"] == [[], len(steps)]
