@@ -204,24 +204,27 @@ def _build(strategy, coordinator, workers, batch, mode, replicas,
     return step, opt, pushes
 
 
-# The task processes of process clusters (paired mode, --processes).
+# The task processes of process clusters (paired mode, --processes), as
+# (role, pid): role "ps" or "worker".
 _CLUSTER_PIDS = []
+TASK_ROLES = ("ps", "worker")
 
 
 def _cpu_s():
     """CPU seconds so far: (this process: the coordinator, and with
-    in-process clusters every task's threads too; every process-cluster
-    task)."""
+    in-process clusters every task's threads too; {role: the process-cluster
+    tasks of that role})."""
     import resource
     from ps_sync.local_cluster import proc_stat
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    ticks = 0
-    for pid in _CLUSTER_PIDS:
+    ticks = {}
+    for role, pid in _CLUSTER_PIDS:
         fields = proc_stat(pid)
         if fields:
-            ticks += int(fields[11]) + int(fields[12])
+            ticks[role] = (ticks.get(role, 0)
+                           + int(fields[11]) + int(fields[12]))
     return (usage.ru_utime + usage.ru_stime,
-            ticks / os.sysconf("SC_CLK_TCK"))
+            {role: n / os.sysconf("SC_CLK_TCK") for role, n in ticks.items()})
 
 
 def _mark(updates, pushes):
@@ -231,14 +234,22 @@ def _mark(updates, pushes):
 
 def _between(start, end):
     """A window's record from its two `_mark`s. Every cluster's tasks count
-    in its CPU, the idle ones' too (an idle server costs next to nothing)."""
-    (u0, p0, t0, own0, tasks0), (u1, p1, t1, own1, tasks1) = start, end
+    in its CPU, the idle ones' too (an idle server costs next to nothing).
+    With process clusters the CPU is also split by where it was spent: the
+    parameter servers, the workers, this process (the coordinator, and
+    TF1's session clients)."""
+    (u0, p0, t0, own0, roles0), (u1, p1, t1, own1, roles1) = start, end
     pushes = max(1, p1 - p0)
+    tasks = {role: roles1.get(role, 0.0) - roles0.get(role, 0.0)
+             for role in set(TASK_ROLES) | set(roles1)}
     record = {"updates": u1 - u0, "pushes": p1 - p0, "seconds": t1 - t0,
               "cpu_ms_per_push":
-                  1000 * (own1 + tasks1 - own0 - tasks0) / pushes}
+                  1000 * (own1 - own0 + sum(tasks.values())) / pushes}
     if _CLUSTER_PIDS:
-        record["task_cpu_ms_per_push"] = 1000 * (tasks1 - tasks0) / pushes
+        record["task_cpu_ms_per_push"] = 1000 * sum(tasks.values()) / pushes
+        for role in TASK_ROLES:
+            record[role + "_cpu_ms_per_push"] = 1000 * tasks[role] / pushes
+        record["coordinator_cpu_ms_per_push"] = 1000 * (own1 - own0) / pushes
     return record
 
 
@@ -291,7 +302,8 @@ def _process_cluster(workers, name):
                            run_dir=os.path.join(common.RUN_ROOT,
                                                 "sync_overhead", name))
     cluster.start()
-    _CLUSTER_PIDS.extend(t.pid for t in cluster.servers())
+    _CLUSTER_PIDS.extend((t.name.split("-")[0], t.pid)
+                         for t in cluster.servers())
     return cluster
 
 
@@ -340,6 +352,11 @@ def _paired(workers, seconds, rounds, batch_sizes, quorums,
     return windows
 
 
+# The CPU split of process-cluster windows (`_between`).
+SPLIT_KEYS = ("task_cpu_ms_per_push", "ps_cpu_ms_per_push",
+              "worker_cpu_ms_per_push", "coordinator_cpu_ms_per_push")
+
+
 def _paired_summary(windows):
     """Medians per configuration; each ps_sync configuration's push rate over
     async's and its update rate over TF1's, paired by round (the median of
@@ -361,9 +378,9 @@ def _paired_summary(windows):
             "pushes_per_s": statistics.median(rate(w, "pushes") for w in ws),
             "cpu_ms_per_push": statistics.median(
                 w["cpu_ms_per_push"] for w in ws)}
-        if "task_cpu_ms_per_push" in ws[0]:
-            summary[name]["task_cpu_ms_per_push"] = statistics.median(
-                w["task_cpu_ms_per_push"] for w in ws)
+        for key in SPLIT_KEYS:
+            if key in ws[0]:
+                summary[name][key] = statistics.median(w[key] for w in ws)
         if name != "async":
             summary[name]["pushes_vs_async"] = paired(name, "async", "pushes")
         if name.startswith("ps_sync") and "tf1_sync" in windows:
@@ -518,8 +535,11 @@ def _main_paired(args, batch_sizes, quorums):
                   "%6.2f CPU ms/push%s%s%s" % (
                       batch, name, r["updates_per_s"], r["pushes_per_s"],
                       r["cpu_ms_per_push"],
-                      " (%.2f in tasks)" % r["task_cpu_ms_per_push"]
-                      if "task_cpu_ms_per_push" in r else "",
+                      " (PS %.2f, workers %.2f, coordinator %.2f)" % (
+                          r["ps_cpu_ms_per_push"],
+                          r["worker_cpu_ms_per_push"],
+                          r["coordinator_cpu_ms_per_push"])
+                      if "ps_cpu_ms_per_push" in r else "",
                       "  pushes vs async %.2f" % r["pushes_vs_async"]
                       if "pushes_vs_async" in r else "",
                       "  updates vs TF1 %.2f" % r["updates_vs_tf1"]

@@ -112,6 +112,8 @@ class _SyncReplicasMixin:
                                       if self._watchdog else 0)
         stats["degraded_steps"] = (list(self._watchdog.degraded_steps)
                                    if self._watchdog else [])
+        stats["degraded_count"] = (self._watchdog.degraded_count
+                                   if self._watchdog else 0)
         return stats
 
     @property

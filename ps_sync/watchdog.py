@@ -25,6 +25,7 @@ and the time the open step opened, on the PS clock: the watchdog's clock is
 the wall clock, time.time(), the clock of tf.timestamp() (one clock if the
 coordinator runs on the PS host; else as synchronised as the hosts).
 """
+import collections
 import threading
 import time
 
@@ -32,6 +33,10 @@ from absl import logging
 
 from ps_sync import quorum as quorum_lib
 from ps_sync import steplog
+
+# Degraded steps kept in memory for `sync_stats` (one per degraded step: a
+# run degrading every step for weeks would otherwise grow without bound).
+DEGRADED_KEPT = 10000
 
 
 class QuorumTimeoutError(RuntimeError):
@@ -91,7 +96,10 @@ class StepWatchdog:
         self._max_wait_s = max_wait_s
         self._stop = threading.Event()
         self.releases = 0
-        self.degraded_steps = []
+        # (step, quorum) of the latest degraded steps (the telemetry files
+        # keep them all); the count of all of them.
+        self.degraded_steps = collections.deque(maxlen=DEGRADED_KEPT)
+        self.degraded_count = 0
         self.failure = None
         self._step = None
         self._open_since = None
@@ -189,6 +197,7 @@ class StepWatchdog:
             # Waiters only wait: close it here rather than at the next push.
             self._protocol.close_if_closable()
             self.degraded_steps.append((step, decision.quorum))
+            self.degraded_count += 1
             logging.warning(
                 "ps_sync: step %d degraded to a quorum of %d after %.1f s "
                 "(admitted workers %s)", step, decision.quorum,

@@ -101,6 +101,15 @@ def test_sync_overhead_paired_over_process_clusters(tmp_path):
         # theirs and the PS's, not this coordinator's.
         assert 0 < w["task_cpu_ms_per_push"] < w["cpu_ms_per_push"]
         assert w["task_cpu_ms_per_push"] > 0.5 * w["cpu_ms_per_push"]
+        # Split by where it was spent, adding up to the whole.
+        assert w["ps_cpu_ms_per_push"] > 0 and w["worker_cpu_ms_per_push"] > 0
+        assert w["ps_cpu_ms_per_push"] + w["worker_cpu_ms_per_push"] == (
+            pytest.approx(w["task_cpu_ms_per_push"]))
+        assert w["task_cpu_ms_per_push"] + w["coordinator_cpu_ms_per_push"] == (
+            pytest.approx(w["cpu_ms_per_push"]))
+    summary = report["paired"]["by_batch"]["8"]["summary"]
+    assert summary["ps_sync_n2"]["ps_cpu_ms_per_push"] == (
+        windows["ps_sync_n2"][0]["ps_cpu_ms_per_push"])
     w, = windows["ps_sync_n2"]
     assert 1 <= w["updates"] and 2 * w["updates"] <= w["pushes"] + 2
     w, = windows["tf1_sync"]

@@ -1,5 +1,6 @@
 """Quorum policies: the decisions (pure Python) and a step whose quorum
 cannot arrive, released by each timeout policy on a real cluster."""
+import time
 import types
 
 import pytest
@@ -401,7 +402,6 @@ def _log_rows(base, steps):
 
 
 def test_watchdog_feeds_the_log_and_decides_on_a_steps_first_poll():
-    import time
     from ps_sync import watchdog
     # Steps 1-5 closed between two polls; step 6 opened just now and
     # already has 2 gradients.
@@ -415,7 +415,27 @@ def test_watchdog_feeds_the_log_and_decides_on_a_steps_first_poll():
     assert policy.expected_times() == pytest.approx(
         {1: 0.01, 2: 0.012, 3: 1.1}, abs=1e-6)
     assert protocol.lowered == [(6, 2)]
-    assert dog.degraded_steps == [(6, 2)]
+    assert list(dog.degraded_steps) == [(6, 2)]
+    assert dog.degraded_count == 1
+
+
+def test_watchdog_keeps_the_latest_degraded_steps_and_counts_all(
+        monkeypatch):
+    from ps_sync import watchdog
+    monkeypatch.setattr(watchdog, "DEGRADED_KEPT", 3)
+    protocol = _FakeProtocol([], (0, 2, (0, 1)))
+    dog = watchdog.StepWatchdog(protocol, _fake_coordinator(3),
+                                quorum.TimeoutThenDegrade(2, 1e-4))
+    for step in range(5):
+        protocol.open = (step, 2, (0, 1))
+        # The first poll of a step sees its first gradient, the next one
+        # finds it waited past the timeout.
+        for _ in range(2):
+            dog._tick()  # pylint: disable=protected-access
+            time.sleep(0.01)
+    assert protocol.lowered == [(step, 2) for step in range(5)]
+    assert list(dog.degraded_steps) == [(2, 2), (3, 2), (4, 2)]
+    assert dog.degraded_count == 5
 
 
 def test_watchdog_reads_no_log_for_policies_that_do_not_learn():
