@@ -51,7 +51,9 @@ class _SyncReplicasMixin:
     def _init_sync(self, inner, replicas_to_aggregate, total_num_replicas=None,
                    quorum_policy=None, telemetry_dir=None,
                    tensorboard_dir=None,
-                   max_wait_s=600.0):
+                   max_wait_s=600.0,
+                   ask_before_send_min_bytes=(
+                       protocol_lib.ASK_BEFORE_SEND_MIN_BYTES)):
         if not isinstance(inner, (optimizer_v3.Optimizer,
                                   optimizer_v2.OptimizerV2)):
             raise TypeError(
@@ -79,6 +81,14 @@ class _SyncReplicasMixin:
         self._telemetry_dir = telemetry_dir
         self._tensorboard_dir = tensorboard_dir
         self._max_wait_s = float(max_wait_s)
+        if (isinstance(ask_before_send_min_bytes, bool)
+                or not isinstance(ask_before_send_min_bytes, int)
+                or ask_before_send_min_bytes < 0):
+            raise ValueError(
+                "ask_before_send_min_bytes must be a whole number of bytes "
+                ">= 0 (0: every push with backups asks leave), got %r"
+                % (ask_before_send_min_bytes,))
+        self._ask_before_send_min_bytes = ask_before_send_min_bytes
         self._protocol = None
         self._protocol_vars = None
         self._watchdog = None
@@ -140,7 +150,8 @@ class _SyncReplicasMixin:
                 "quorum_policy": self._quorum_policy.get_config(),
                 "telemetry_dir": self._telemetry_dir,
                 "tensorboard_dir": self._tensorboard_dir,
-                "max_wait_s": self._max_wait_s}
+                "max_wait_s": self._max_wait_s,
+                "ask_before_send_min_bytes": self._ask_before_send_min_bytes}
 
     # -- the push ------------------------------------------------------------
 
@@ -185,7 +196,8 @@ class _SyncReplicasMixin:
             self._protocol = self._no_dependency(protocol_lib.SyncProtocol(
                 var_list, self._replicas_to_aggregate,
                 self._total_num_replicas,
-                initial_step=int(self._optimizer.iterations.numpy())))
+                initial_step=int(self._optimizer.iterations.numpy()),
+                ask_before_send_min_bytes=self._ask_before_send_min_bytes))
             self._protocol.set_coordinator_apply(
                 lambda means: self._cross_replica_apply(
                     strategy, list(zip(means, var_list)), None),
@@ -476,6 +488,11 @@ class SyncReplicasWithBackups(metaclass=_Dispatch):
       max_wait_s: the step watchdog releases any worker that has waited this
         long for its step to close (it normally releases them far earlier,
         when no pending closure could close the step).
+      ask_before_send_min_bytes: with backups, a push whose gradients total
+        at least this many bytes (all shapes static) first asks the PS for
+        leave and sends nothing if it is certain to be dropped; smaller ones
+        send at once, since the question is a round trip per push and costs
+        more than a small dropped gradient. Default 1 MiB; 0: always ask.
 
     Without ParameterServerStrategy, or with a single worker, it is exactly the
     wrapped optimizer.
@@ -484,5 +501,7 @@ class SyncReplicasWithBackups(metaclass=_Dispatch):
     def __init__(self, optimizer, replicas_to_aggregate,
                  total_num_replicas=None, quorum_policy=None,
                  telemetry_dir=None, tensorboard_dir=None,
-                 max_wait_s=600.0):
+                 max_wait_s=600.0,
+                 ask_before_send_min_bytes=(
+                     protocol_lib.ASK_BEFORE_SEND_MIN_BYTES)):
         raise AssertionError("constructed through _Dispatch")  # pragma: no cover

@@ -22,9 +22,10 @@ non-duplicate push leave to send while the open step is not full
 (`_reserve`); a push refused is certain to be dropped and sends nothing. The
 gradients with leave go straight to the shards of their accumulators, and
 only once all of them are there does the push take the lock again to admit,
-accumulate and maybe apply: all PS-local work. Without backups (N = N+b)
-nothing is late in the normal course, so a push sends without asking (the
-admission still decides): the question would cost a round trip per push.
+accumulate and maybe apply: all PS-local work. A push sends without asking
+(the admission still decides) when the question would cost more than it
+saves (`asks_leave`): without backups (N = N+b), where nothing is late in the
+normal course, and for gradients under `ask_before_send_min_bytes`.
 
 Waiting. An admitted worker that did not close its step blocks on its own
 wake-up queue on the protocol PS instead of computing a gradient certain to
@@ -56,6 +57,11 @@ WAIT_NAMES = ("closed", "released", "failed")
 RELEASE_TOKEN = -1   # a wake-up token that is not a new step
 
 LOG_CAPACITY = 8192
+
+# Pushes whose gradients total fewer bytes send without asking leave: the
+# question is a round trip on every push, which costs more than sending and
+# dropping a small gradient (see `asks_leave`).
+ASK_BEFORE_SEND_MIN_BYTES = 1 << 20
 
 
 def _f64(x):
@@ -90,6 +96,26 @@ def _tensors(grads):
         (g.values, g.indices) if isinstance(g, tf.IndexedSlices) else (g,))]
 
 
+def asks_leave(grads, backups, min_bytes):
+    """Whether a push of `grads` asks leave before sending them: only with
+    backups (without them nothing is late in the normal course), only when
+    every shape is static (zeros are sent in place of a refused gradient),
+    and only when the gradients total at least `min_bytes`. Paired windows
+    on loopback, 3 workers, N = 2: a 76 KB push made 0.74x async's pushes/s
+    sending at once, 0.45x asking; a 1.2 MB one 0.83x and 0.78x. Over a
+    real network the bytes cost more and the question pays off sooner."""
+    if not backups:
+        return False
+    size = 0
+    for g in grads:
+        for t in ((g.values, g.indices) if isinstance(g, tf.IndexedSlices)
+                  else (g,)):
+            if not t.shape.is_fully_defined():
+                return False
+            size += t.shape.num_elements() * t.dtype.size
+    return size >= min_bytes
+
+
 def _waits(outcome):
     """Pushes whose worker then waits for the open step to close: admitted
     ones that did not close it, and duplicates. A duplicate comes from a
@@ -108,7 +134,8 @@ class SyncProtocol(tf.Module):
     """
 
     def __init__(self, var_list, replicas_to_aggregate, total_num_replicas,
-                 run_id=None, initial_step=-1):
+                 run_id=None, initial_step=-1,
+                 ask_before_send_min_bytes=ASK_BEFORE_SEND_MIN_BYTES):
         super().__init__(name="ps_sync_protocol")
         if not 1 <= replicas_to_aggregate <= total_num_replicas:
             raise ValueError(
@@ -117,6 +144,9 @@ class SyncProtocol(tf.Module):
                 % (total_num_replicas, replicas_to_aggregate))
         self.replicas_to_aggregate = int(replicas_to_aggregate)
         self.total_num_replicas = int(total_num_replicas)
+        self.ask_before_send_min_bytes = int(ask_before_send_min_bytes)
+        # Whether pushes ask leave (`asks_leave`), once a push is traced.
+        self.asks_leave = None
         # Names every shared PS resource of this coordinator run, so closures
         # of an earlier run can never meet the state of this one.
         self.run_id = run_id or uuid.uuid4().hex[:12]
@@ -459,8 +489,7 @@ class SyncProtocol(tf.Module):
     def _send_if_reserved(self, reserved, grads):
         """Each gradient on its accumulator's shard if `reserved`, else zeros
         made there: a gradient certain to be dropped never leaves the worker.
-        None if a shape is dynamic (then the admission gates the transfer,
-        under the lock)."""
+        Every shape is static (`asks_leave`)."""
         out = []
         for acc, g in zip(self.accumulators, grads):
             if isinstance(g, tf.IndexedSlices):
@@ -470,8 +499,6 @@ class SyncProtocol(tf.Module):
                          (tf.TensorShape([0]), g.indices.dtype)]
             else:
                 parts, zeros = [g], [(g.shape, g.dtype)]
-            if not all(shape.is_fully_defined() for shape, _ in zeros):
-                return None
             with tf.device(acc.device):
                 sent = tf.cond(reserved,
                                lambda parts=parts: [tf.identity(t)
@@ -501,19 +528,21 @@ class SyncProtocol(tf.Module):
             meta = tf.identity(meta)
             worker = tf.cast(meta[0], tf.int32)
             computed_at = meta[1]
-        if self.replicas_to_aggregate < self.total_num_replicas:
+        self.asks_leave = asks_leave(
+            grads, self.replicas_to_aggregate < self.total_num_replicas,
+            self.ask_before_send_min_bytes)
+        if self.asks_leave:
             # Asked once the gradients exist (computed_at waits for them).
             leave_cs = self._critical_section([worker, computed_at], "leave")
             with tf.device(self._device):
                 reserved = leave_cs.execute(lambda: self._reserve(worker),
                                             exclusive_resource_access=False)
             sent = self._send_if_reserved(reserved, grads)
-            if sent is None:
-                sent, reserved = grads, tf.constant(True)
         else:
-            # No backups: every push is fresh bar a restart's duplicate, so
-            # asking would cost a round trip per push and save nothing
-            # (paired windows at N = 3: 23% more pushes/s without it).
+            # Sent at once; the admission decides as always. Without
+            # backups every push is fresh bar a restart's duplicate, so
+            # asking would save nothing (paired windows at N = 3: 23% more
+            # pushes/s without it).
             sent, reserved = self._send(grads), tf.constant(True)
         # The lock is taken once everything is on the PS.
         after = [worker, computed_at] + _tensors(sent)
@@ -711,4 +740,4 @@ class SyncProtocol(tf.Module):
                           for i, name in enumerate(WAIT_NAMES)})
             per_worker.append(entry)
         return {"published_step": int(self.published.numpy()),
-                "per_worker": per_worker}
+                "per_worker": per_worker, "asks_leave": self.asks_leave}

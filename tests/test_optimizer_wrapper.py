@@ -52,7 +52,8 @@ def test_without_a_cluster_it_is_exactly_the_wrapped_optimizer(name):
 def test_config_round_trip(name):
     opt = SyncReplicasWithBackups(
         FAMILIES[name](), 4, 5,
-        quorum_policy=quorum.TimeoutThenDegrade(3, 2.5), max_wait_s=30)
+        quorum_policy=quorum.TimeoutThenDegrade(3, 2.5), max_wait_s=30,
+        ask_before_send_min_bytes=4096)
     config = tf.keras.optimizers.serialize(opt)
     again = tf.keras.optimizers.deserialize(
         config, use_legacy_optimizer=name.startswith("legacy"))
@@ -60,6 +61,7 @@ def test_config_round_trip(name):
     assert (again.replicas_to_aggregate, again.total_num_replicas) == (4, 5)
     assert again.get_config() == opt.get_config()
     assert type(again.inner_optimizer) is type(opt.inner_optimizer)
+    assert again.get_config()["ask_before_send_min_bytes"] == 4096
     assert again.get_config()["quorum_policy"] == {
         "policy": "timeout_degrade", "min_replicas_to_aggregate": 3,
         "quorum_timeout_s": 2.5}
@@ -96,9 +98,35 @@ def test_bad_arguments_say_what_is_wrong():
         SyncReplicasWithBackups(tf.keras.optimizers.SGD(), 4, 3)
     with pytest.raises(ValueError, match="at least 1"):
         SyncReplicasWithBackups(tf.keras.optimizers.SGD(), 0, 3)
+    for bad in (-1, 1.5, True, "1MB"):
+        with pytest.raises(ValueError, match="ask_before_send_min_bytes must"):
+            SyncReplicasWithBackups(tf.keras.optimizers.SGD(), 2, 3,
+                                    ask_before_send_min_bytes=bad)
     with pytest.raises(TypeError, match="already a SyncReplicasWithBackups"):
         SyncReplicasWithBackups(
             SyncReplicasWithBackups(tf.keras.optimizers.SGD(), 1), 1)
+
+
+def test_a_push_asks_leave_only_with_backups_static_shapes_and_enough_bytes():
+    from ps_sync.protocol import asks_leave
+    dense = [tf.zeros([64, 256]), tf.zeros([256])]  # 66,560 bytes
+    assert asks_leave(dense, backups=True, min_bytes=66560)
+    assert not asks_leave(dense, backups=True, min_bytes=66561)
+    assert not asks_leave(dense, backups=False, min_bytes=0)
+    assert asks_leave(dense, backups=True, min_bytes=0)
+    sparse = tf.IndexedSlices(tf.zeros([4, 8], tf.float64),
+                              tf.zeros([4], tf.int64), tf.constant([100, 8]))
+    assert asks_leave([sparse], backups=True, min_bytes=4 * 8 * 8 + 4 * 8)
+    assert not asks_leave([sparse], backups=True, min_bytes=4 * 8 * 8 + 33)
+
+    decided = []
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 8])])
+    def dynamic(values):
+        # Zeros cannot stand in for a gradient of unknown shape: no asking.
+        decided.append(asks_leave([values], backups=True, min_bytes=0))
+    dynamic.get_concrete_function()
+    assert decided == [False]
 
 
 def _wrong_cluster_size():

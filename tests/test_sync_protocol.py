@@ -8,7 +8,8 @@ HERE = __name__
 
 
 def _probe_custom_loop(workers, replicas, num_ps, closures, delays=(),
-                       partitioned=False, legacy=False, in_memory=None):
+                       partitioned=False, legacy=False, in_memory=None,
+                       ask_before_send_min_bytes=None):
     import os
     import tempfile
     import tensorflow as tf
@@ -29,10 +30,12 @@ def _probe_custom_loop(workers, replicas, num_ps, closures, delays=(),
         sgd = (tf.keras.optimizers.legacy.SGD if legacy
                else tf.keras.optimizers.SGD)(probe.LR)
         run_dir = tempfile.mkdtemp()
+        settings = ({} if ask_before_send_min_bytes is None else
+                    {"ask_before_send_min_bytes": ask_before_send_min_bytes})
         opt = SyncReplicasWithBackups(
             sgd, replicas, workers,
             telemetry_dir=os.path.join(run_dir, "telemetry"),
-            tensorboard_dir=os.path.join(run_dir, "tb"))
+            tensorboard_dir=os.path.join(run_dir, "tb"), **settings)
     dataset = coordinator.create_per_worker_dataset(
         probe.delayed_dataset_fn(list(delays), workers))
     iterator = iter(dataset)
@@ -64,16 +67,20 @@ def _pushes(stats):
                for w in stats["per_worker"])
 
 
-# replicas=3 of 3: no backups, where a push sends without asking leave.
-@pytest.mark.parametrize("partitioned,legacy,replicas", [
-    (False, False, 2), (True, True, 2), (False, False, 3)])
+# A push sends without asking leave with replicas=3 of 3 (no backups) and
+# with the probe's few bytes by default; ask_before_send_min_bytes=0 makes
+# every push ask (zeros stand in for a refused gradient on both shards).
+@pytest.mark.parametrize("partitioned,legacy,replicas,ask", [
+    (False, False, 2, None), (True, True, 2, 0), (False, False, 3, 0)])
 def test_every_update_is_n_fresh_pushes_from_distinct_workers(partitioned,
                                                                legacy,
-                                                               replicas):
+                                                               replicas, ask):
     r = fresh_interpreter.run(
         HERE + ":_probe_custom_loop",
         dict(workers=3, replicas=replicas, num_ps=2, closures=24,
-             partitioned=partitioned, legacy=legacy), timeout=240)
+             partitioned=partitioned, legacy=legacy,
+             ask_before_send_min_bytes=ask), timeout=240)
+    assert r["stats"]["asks_leave"] is (ask == 0 and replicas < 3)
     assert len(r["shard_devices"]) == 2  # really spread over both PS
     assert r["steps"] == r["iterations"] >= 1
     assert r["stats"]["published_step"] == r["steps"]
@@ -86,11 +93,15 @@ def test_every_update_is_n_fresh_pushes_from_distinct_workers(partitioned,
     assert sum(w["admitted_closed"] for w in per_worker) == r["steps"]
 
 
-def test_delayed_worker_is_dropped_and_counted():
+# Asking or not, the straggler's pushes are dropped the same way.
+@pytest.mark.parametrize("ask", [None, 0])
+def test_delayed_worker_is_dropped_and_counted(ask):
     r = fresh_interpreter.run(
         HERE + ":_probe_custom_loop",
         dict(workers=3, replicas=2, num_ps=1, closures=40,
-             delays=[0.0, 0.0, 1.0]), timeout=240)
+             delays=[0.0, 0.0, 1.0], ask_before_send_min_bytes=ask),
+        timeout=240)
+    assert r["stats"]["asks_leave"] is (ask == 0)
     slow = r["stats"]["per_worker"][2]
     slow_pushes = sum(v for k, v in slow.items() if not k.startswith("wait"))
     assert slow_pushes >= 1
