@@ -76,10 +76,10 @@ def _kept_functional(build):
     as a dead tensor: a per-worker branch list then costs each push O(number
     of workers) (paired windows, 3 pushing workers, N = 3, sending without
     asking: total_num_replicas 96 made 0.86x the pushes/s of 3 lowered,
-    0.93x functional). A functional branch runs
-    where the If is placed, so `build` may only touch resources of one
-    device (the protocol PS): the accumulators and the model's variables,
-    spread over shards, stay in lowered conds."""
+    0.93x functional). A functional branch runs where the If is placed, so
+    `build` may only touch resources of one device (the protocol PS): the
+    accumulators and the model's variables, spread over shards, stay in
+    lowered conds."""
     graph = tf.compat.v1.get_default_graph()
     before = len(graph.get_operations())
     out = build()
