@@ -8,7 +8,9 @@ waiters forever (hazard 3 of DESIGN.md). Once every pending closure is a
 waiter, the watchdog wakes the waiters and they return, leaving the open step
 open for later closures; it does the same for any wait longer than
 `max_wait_s`. A release never touches the step's state, so a spurious one
-only costs efficiency.
+only costs efficiency. The check runs at every poll and, near the end of a
+schedule, as soon as a closure finishes: waiting for the next poll left the
+last workers of every drain idle for up to a poll each.
 
 Quorum policy. The open step's clock runs only while closures are pending (an
 idle coordinator is not a slow cluster). Whatever the policy, a step open for
@@ -56,6 +58,23 @@ def pending_closures(coordinator):
         return queue._queue.qsize() + tagged + queue._inflight_closure_count
     except AttributeError:
         return None
+
+
+def _on_closure_finished(coordinator, callback):
+    """Call `callback()` each time the coordinator's queue marks a closure
+    finished (from the thread that ran it). False if this TensorFlow's
+    queue cannot be hooked."""
+    queue = _closure_queue(coordinator)
+    finished = getattr(queue, "mark_finished", None)
+    if finished is None:
+        return False
+
+    def mark_finished(*args, **kwargs):
+        result = finished(*args, **kwargs)
+        callback()
+        return result
+    queue.mark_finished = mark_finished
+    return True
 
 
 def _fail_queue(coordinator, error):
@@ -112,6 +131,7 @@ class StepWatchdog:
         self._arrivals = (steplog.StepArrivals()
                           if hasattr(self._policy, "observe") else None)
         self._log_next = 0
+        self._closure_finished = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name="ps_sync-step-watchdog")
 
@@ -122,15 +142,28 @@ class StepWatchdog:
                 "its closure queue; waiters at the end of a schedule are not "
                 "released and the quorum policy is not applied")
             return self
+        _on_closure_finished(self._coordinator, self._closure_finished.set)
         self._thread.start()
         return self
 
     def stop(self):
         self._stop.set()
+        self._closure_finished.set()
 
     def _run(self):
-        while not self._stop.wait(self._interval_s):
+        next_poll = time.monotonic() + self._interval_s
+        while True:
+            finished = self._closure_finished.wait(
+                max(0.0, next_poll - time.monotonic()))
+            self._closure_finished.clear()
+            if self._stop.is_set():
+                return
             try:
+                if finished and time.monotonic() < next_poll:
+                    self._release_if_only_waiters_left(
+                        pending_closures(self._coordinator))
+                    continue
+                next_poll = time.monotonic() + self._interval_s
                 self._tick()
             except Exception as e:  # pylint: disable=broad-except
                 # The cluster may be going away; every wait stays bounded by
@@ -138,15 +171,21 @@ class StepWatchdog:
                 logging.log_every_n(logging.WARNING,
                                     "ps_sync watchdog: %s", 100, e)
 
+    def _release_if_only_waiters_left(self, pending):
+        """Release the waiters if every pending closure is one. Reads the PS
+        only near the end of a schedule (at most N+b closures pending)."""
+        if pending is None or pending > self._protocol.total_num_replicas:
+            return
+        waiting = self._protocol.num_waiting()
+        # Re-read: a closure may have been scheduled meanwhile.
+        if waiting and pending_closures(self._coordinator) <= waiting:
+            self.releases += bool(self._protocol.release_waiters())
+
     def _tick(self):
         pending = pending_closures(self._coordinator)
         if pending is None:
             return
-        if pending <= self._protocol.total_num_replicas:
-            waiting = self._protocol.num_waiting()
-            # Re-read: a closure may have been scheduled meanwhile.
-            if waiting and pending_closures(self._coordinator) <= waiting:
-                self.releases += bool(self._protocol.release_waiters())
+        self._release_if_only_waiters_left(pending)
         if (pending and self._max_wait_s is not None
                 and self._protocol.oldest_wait_s() > self._max_wait_s):
             logging.warning("ps_sync: releasing waiters after max_wait_s=%g",

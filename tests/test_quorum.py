@@ -1,5 +1,6 @@
 """Quorum policies: the decisions (pure Python) and a step whose quorum
 cannot arrive, released by each timeout policy on a real cluster."""
+import threading
 import time
 import types
 
@@ -417,6 +418,38 @@ def test_watchdog_feeds_the_log_and_decides_on_a_steps_first_poll():
     assert protocol.lowered == [(6, 2)]
     assert list(dog.degraded_steps) == [(6, 2)]
     assert dog.degraded_count == 1
+
+
+def test_watchdog_releases_once_a_finished_closure_leaves_only_waiters():
+    from ps_sync import watchdog
+    released = threading.Event()
+
+    class Protocol(_FakeProtocol):
+        def num_waiting(self):
+            return 2
+
+        def release_waiters(self):
+            released.set()
+            return 2
+
+    coordinator = _fake_coordinator(3)
+    queue = coordinator._cluster.closure_queue
+
+    def mark_finished():
+        queue._inflight_closure_count -= 1
+    queue.mark_finished = mark_finished
+    # Polls an hour apart: only a finished closure can bring the release.
+    dog = watchdog.StepWatchdog(Protocol([], (0, 2, (0, 1))), coordinator,
+                                interval_s=3600).start()
+    try:
+        assert not released.wait(0.2)  # 3 pending, 2 of them waiters
+        queue.mark_finished()  # the two left are both waiters
+        assert released.wait(60)
+    finally:
+        dog.stop()
+        dog._thread.join(60)  # pylint: disable=protected-access
+    assert dog.releases == 1
+    assert queue._inflight_closure_count == 2  # the hook kept the original
 
 
 def test_watchdog_keeps_the_latest_degraded_steps_and_counts_all(
