@@ -263,12 +263,10 @@ def _window(coordinator, workers, built, seconds):
     that tail in every window: 97 releases in 12 s at N = 2 of 3."""
     from ps_sync.watchdog import pending_closures
     step, opt, pushes = built
-    ahead = 2 * workers
 
     def top_up():
         pending = pending_closures(coordinator)
-        for _ in range(ahead if pending is None
-                       else max(0, 2 * ahead - pending)):
+        for _ in range(4 * workers - (pending or 0)):
             coordinator.schedule(step)
         if pending is None:  # cannot see the queue: drain it
             coordinator.join()
