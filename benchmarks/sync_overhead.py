@@ -43,6 +43,14 @@ deployed: PS + W worker processes per cluster, this process the coordinator
 and the home of TF1's worker sessions, whose graphs run on their worker
 processes). CPU milliseconds per push then add up this process and every
 task process of every cluster.
+
+  python -m benchmarks.sync_overhead --paired_rounds 6 --processes --ps_own_core
+
+The same with the parameter servers pinned to a CPU of their own and every
+other process (workers, this coordinator, TF1's sessions) to the rest, as
+when the PS has its own machine: sharing every core, the protocol's PS work
+and the workers' compute take turns on the same CPUs. The affinities read
+back from the processes are in the JSON.
 """
 from benchmarks import common  # first: pins Keras 2 before TensorFlow
 
@@ -210,6 +218,30 @@ _CLUSTER_PIDS = []
 TASK_ROLES = ("ps", "worker")
 
 
+def own_core_split():
+    """(the parameter servers' CPUs, everyone else's) for --ps_own_core:
+    the first CPU this process may use, and the others."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise ValueError("--ps_own_core needs at least 2 CPUs, this process "
+                         "may use %d" % len(cpus))
+    return {cpus[0]}, set(cpus[1:])
+
+
+def pin(pid, cpus):
+    """Every current thread of process `pid` to `cpus` (threads started
+    later inherit their creator's); returns the CPUs its threads may use,
+    read back."""
+    seen = set()
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+            seen |= os.sched_getaffinity(int(tid))
+        except ProcessLookupError:  # the thread ended meanwhile
+            pass
+    return sorted(seen)
+
+
 def _cpu_s():
     """CPU seconds so far: (this process: the coordinator, and with
     in-process clusters every task's threads too; {role: the process-cluster
@@ -309,10 +341,11 @@ def _tf2(workers, seconds, batch, mode, replicas, steps_per_closure=1):
     return result
 
 
-def _process_cluster(workers, name):
+def _process_cluster(workers, name, split=None, affinity=None):
     """1 PS + `workers` workers, each task its own process (torn down at
     exit, logs in runs/benchmarks/sync_overhead/<name>); their CPU counts in
-    `_cpu_s`."""
+    `_cpu_s`. `split`: (PS CPUs, worker CPUs) to pin them to, the CPUs read
+    back recorded in `affinity`."""
     from ps_sync.local_cluster import LocalCluster
     cluster = LocalCluster(num_workers=workers, num_ps=1, echo=False,
                            run_dir=os.path.join(common.RUN_ROOT,
@@ -320,11 +353,15 @@ def _process_cluster(workers, name):
     cluster.start()
     _CLUSTER_PIDS.extend((t.name.split("-")[0], t.pid)
                          for t in cluster.servers())
+    if split is not None:
+        for t in cluster.servers():
+            affinity["%s/%s" % (name, t.name)] = pin(
+                t.pid, split[0] if t.name.startswith("ps") else split[1])
     return cluster
 
 
 def _paired(workers, seconds, rounds, batch_sizes, quorums,
-            steps_per_closure, processes=False):
+            steps_per_closure, processes=False, ps_own_core=False):
     """Every configuration at every batch size in ONE process: async and
     ps_sync at each quorum over one cluster, TF1 on a cluster of its own
     (one per batch size), measured in alternating windows of `seconds` (the
@@ -332,10 +369,17 @@ def _paired(workers, seconds, rounds, batch_sizes, quorums,
     every configuration alike. The clusters are in-process, or with
     `processes` every task is its own process (this one is the coordinator,
     and TF1's sessions run here too). Returns each batch size's windows per
-    configuration; `_paired_summary` reduces them."""
+    configuration; `_paired_summary` reduces them. With `ps_own_core`
+    (process clusters only) the PS tasks run on a CPU of their own and the
+    rest here, under "affinity" the CPUs read back per process."""
     import ps_sync.keras_env  # noqa: F401
+    split = own_core_split() if ps_own_core else None
+    affinity = {}
+    if split:
+        # Before TensorFlow starts its threads: they inherit this.
+        affinity["coordinator"] = pin(os.getpid(), split[1])
     if processes:
-        cluster = _process_cluster(workers, "tf2")
+        cluster = _process_cluster(workers, "tf2", split, affinity)
         # Before TensorFlow starts this process's own server.
         os.environ.update(cluster.coordinator_env())
     import tensorflow as tf
@@ -356,8 +400,9 @@ def _paired(workers, seconds, rounds, batch_sizes, quorums,
                            steps_per_closure)
             measure[batch, name] = functools.partial(
                 _window, coordinator, workers, built)
-        spec = (_process_cluster(workers, "tf1_batch%d" % batch)
-                .cluster_spec() if processes else None)
+        spec = (_process_cluster(workers, "tf1_batch%d" % batch, split,
+                                 affinity).cluster_spec()
+                if processes else None)
         measure[batch, "tf1_sync"] = _Tf1Sync(workers, batch, spec).window
     windows = {str(b): {name: [] for (b2, name) in measure if b2 == b}
                for b in batch_sizes}
@@ -365,6 +410,8 @@ def _paired(workers, seconds, rounds, batch_sizes, quorums,
     for r in range(rounds):
         for batch, name in (order if r % 2 == 0 else order[::-1]):
             windows[str(batch)][name].append(measure[batch, name](seconds))
+    if split:
+        windows["affinity"] = affinity
     return windows
 
 
@@ -461,6 +508,10 @@ def main(argv=None):
                         help="paired mode: every task of every cluster its "
                         "own process (the deployed topology) instead of "
                         "in-process servers")
+    parser.add_argument("--ps_own_core", action="store_true",
+                        help="with --processes: the parameter servers on a "
+                        "CPU of their own, every other process on the rest "
+                        "(as when the PS has its own machine)")
     parser.add_argument("--out", default="benchmarks/results/sync_overhead")
     args = parser.parse_args(argv)
     if args.workers < 2:
@@ -480,6 +531,13 @@ def main(argv=None):
                      % args.workers)
     if args.processes and not args.paired_rounds:
         parser.error("--processes needs paired mode (--paired_rounds > 0)")
+    if args.ps_own_core:
+        if not args.processes:
+            parser.error("--ps_own_core needs --processes")
+        try:
+            own_core_split()
+        except ValueError as e:
+            parser.error(str(e))
     if args.paired_rounds:
         _main_paired(args, batches, quorums)
         return
@@ -538,9 +596,10 @@ def _main_paired(args, batch_sizes, quorums):
         dict(workers=args.workers, seconds=args.seconds,
              rounds=args.paired_rounds, batch_sizes=batch_sizes,
              quorums=quorums, steps_per_closure=args.steps_per_closure,
-             processes=args.processes),
+             processes=args.processes, ps_own_core=args.ps_own_core),
         timeout=len(batch_sizes) * (
             args.seconds * args.paired_rounds * configs * 2 + 300))
+    affinity = windows.pop("affinity", None)
     by_batch = {}
     for batch in batch_sizes:
         summary = _paired_summary(windows[str(batch)])
@@ -564,15 +623,17 @@ def _main_paired(args, batch_sizes, quorums):
     with open(args.out + ".json", "w") as f:
         json.dump({"args": vars(args), "machine": common.machine_end(machine),
                    "paired": {"batch_sizes": batch_sizes, "quorums": quorums,
-                              "by_batch": by_batch}},
+                              "by_batch": by_batch, "affinity": affinity}},
                   f, indent=2)
     _plot({b: by_batch[str(b)]["summary"] for b in batch_sizes},
           args.out + ".png",
-          "process" if args.processes else "in-process")
+          "same process cluster" + (", PS on its own CPU"
+                                     if args.ps_own_core else "")
+          if args.processes else "same in-process cluster")
     print("wrote %s.json and %s.png" % (args.out, args.out))
 
 
-def _plot(by_batch, path, topology="in-process"):
+def _plot(by_batch, path, topology="same in-process cluster"):
     plt = common.pyplot()
     batches = list(by_batch)
     fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches), 3),
@@ -590,8 +651,7 @@ def _plot(by_batch, path, topology="in-process"):
         ax.set_xticks(list(x))
         ax.set_xticklabels(names, fontsize=8)
         ax.legend(fontsize=8)
-        ax.set_title("batch %d per worker, same %s cluster"
-                     % (batch, topology))
+        ax.set_title("batch %d per worker, %s" % (batch, topology))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -3,8 +3,13 @@ at two batch sizes, one second each, every one in a fresh interpreter with
 its own in-process cluster (four interpreters; all four configurations at
 two batch sizes took 4 minutes on 2 shared cores); and the paired mode,
 every configuration, TF1 included, at two batch sizes in one interpreter."""
+import os
+import subprocess
+import sys
+
 import pytest
 
+from benchmarks import sync_overhead
 from tests import benchmark_run
 
 MODULE = "benchmarks.sync_overhead"
@@ -84,14 +89,29 @@ def test_sync_overhead_paired_windows_over_one_cluster(tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_sync_overhead_paired_over_process_clusters(tmp_path):
+@pytest.mark.parametrize("ps_own_core", [False, True])
+def test_sync_overhead_paired_over_process_clusters(tmp_path, ps_own_core):
     """--processes: two clusters of real task processes (one for async and
-    ps_sync, one for TF1), their CPU counted with the coordinator's."""
+    ps_sync, one for TF1), their CPU counted with the coordinator's; with
+    --ps_own_core the PS tasks on one CPU, the rest on the others."""
     out = str(tmp_path / "processes")
     report = _run_ok(out, ["--workers", "2", "--seconds", "1",
                            "--paired_rounds", "1", "--quorums", "2",
-                           "--batch_sizes", "8", "--processes"])
+                           "--batch_sizes", "8", "--processes"]
+                     + (["--ps_own_core"] if ps_own_core else []))
     assert report["args"]["processes"] is True
+    affinity = report["paired"]["affinity"]
+    if ps_own_core:
+        ps_cpus, other_cpus = map(sorted, sync_overhead.own_core_split())
+        tasks = {"ps-0": ps_cpus, "worker-0": other_cpus,
+                 "worker-1": other_cpus}
+        assert affinity == dict(
+            {"coordinator": other_cpus},
+            **{"%s/%s" % (cluster, task): cpus
+               for cluster in ("tf2", "tf1_batch8")
+               for task, cpus in tasks.items()})
+    else:
+        assert affinity is None
     windows = report["paired"]["by_batch"]["8"]["windows"]
     assert set(windows) == {"async", "ps_sync_n2", "tf1_sync"}
     for ws in windows.values():
@@ -127,9 +147,41 @@ def test_sync_overhead_paired_over_process_clusters(tmp_path):
     (["--workers", "2", "--quorums", "3"],
      "--quorums must be between 1 and --workers (2)"),
     (["--processes"], "--processes needs paired mode (--paired_rounds > 0)"),
+    (["--paired_rounds", "1", "--ps_own_core"],
+     "--ps_own_core needs --processes"),
 ])
 def test_sync_overhead_bad_input(tmp_path, args, message):
     code, output, _ = benchmark_run.run(
         MODULE, args + ["--out", str(tmp_path / "x")], timeout=50)
     assert code == 2 and message in output
     assert "Traceback" not in output
+
+
+@pytest.mark.timeout(60)
+def test_pin_moves_every_thread_of_a_process():
+    """`pin` sets the CPUs of each thread a process has (a thread's own
+    affinity is what the scheduler reads), and reads them back."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 CPUs to tell a pinned process from a free one")
+    ps_cpus, other_cpus = sync_overhead.own_core_split()
+    assert ps_cpus.isdisjoint(other_cpus) and len(ps_cpus) == 1
+    child = subprocess.Popen(
+        [sys.executable, "-c",
+         "import threading, time\n"
+         "for _ in range(3):\n"
+         "    threading.Thread(target=time.sleep, args=(60,),"
+         " daemon=True).start()\n"
+         "print('up', flush=True)\n"
+         "time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "up"
+        tids = [int(t) for t in os.listdir("/proc/%d/task" % child.pid)]
+        assert len(tids) == 4
+        assert sync_overhead.pin(child.pid, ps_cpus) == sorted(ps_cpus)
+        assert all(os.sched_getaffinity(t) == ps_cpus for t in tids)
+        assert sync_overhead.pin(child.pid, other_cpus) == sorted(other_cpus)
+        assert all(os.sched_getaffinity(t) == other_cpus for t in tids)
+    finally:
+        child.kill()
+        child.wait()
