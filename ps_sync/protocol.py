@@ -617,6 +617,30 @@ class SyncProtocol(tf.Module):
         fns["release"] = release.get_concrete_function()
 
         @tf.function
+        def snapshot():
+            # One call instead of an eager op per read: the watchdog reads
+            # this at every poll, and each eager op on a remote variable
+            # cost the coordinator about 1 ms of CPU. Inside the critical
+            # section: the step and its workers from one moment.
+            cs = self._critical_section([], "snapshot")
+            with tf.device(self._device):
+                return cs.execute(lambda: tf.concat([
+                    [self.published.read_value()],
+                    tf.cast(self.admitted.read_value(), tf.int64),
+                    tf.cast(self.waiting.read_value(), tf.int64)], 0),
+                    exclusive_resource_access=False)
+        fns["snapshot"] = snapshot.get_concrete_function()
+
+        @tf.function
+        def oldest_wait_since():
+            with tf.device(self._device):
+                return tf.reduce_min(tf.where(
+                    self.waiting.read_value() > 0,
+                    self.wait_since.read_value(),
+                    tf.constant(float("inf"), tf.float64)))
+        fns["oldest_wait_since"] = oldest_wait_since.get_concrete_function()
+
+        @tf.function
         def set_hold(value):
             cs = self._critical_section([value], "hold")
             return cs.execute(lambda: self.hold.assign(value,
@@ -670,11 +694,8 @@ class SyncProtocol(tf.Module):
 
     def oldest_wait_s(self):
         """Seconds the longest current waiter has waited, or 0."""
-        waiting = self.waiting.numpy()
-        if not waiting.any():
-            return 0.0
-        since = self.wait_since.numpy()[waiting > 0].min()
-        return time.time() - float(since)
+        since = float(self._functions()["oldest_wait_since"]().numpy())
+        return 0.0 if since == float("inf") else time.time() - since
 
     def lower_quorum(self, step, quorum):
         """Lower the quorum of open step `step`; no effect on any other
@@ -700,20 +721,25 @@ class SyncProtocol(tf.Module):
     def fail(self, message):
         self._functions()["fail"](tf.constant(message))
 
+    def _snapshot(self):
+        """(open step, admitted flag per worker, waiting flag per worker),
+        all from one moment, in one call."""
+        values = self._functions()["snapshot"]().numpy()
+        n = self.total_num_replicas
+        return int(values[0]), values[1:1 + n], values[1 + n:]
+
     def open_step(self):
-        """(step, count, admitted workers) of the open step, read eagerly.
-        The count is taken from the same read as the workers (they change
-        together), so the two always agree."""
-        admitted = tuple(int(w) for w in
-                         tf.where(self.admitted > 0)[:, 0].numpy())
-        return int(self.published.numpy()), len(admitted), admitted
+        """(step, count, admitted workers) of the open step."""
+        step, admitted, _ = self._snapshot()
+        admitted = tuple(int(w) for w in admitted.nonzero()[0])
+        return step, len(admitted), admitted
 
     def apply_sequence(self):
         """The apply seqlock counter: odd while an update is applied."""
         return int(self.apply_seq.numpy())
 
     def num_waiting(self):
-        return int(tf.reduce_sum(self.waiting).numpy())
+        return int(self._snapshot()[2].sum())
 
     def read_log(self, start):
         """Telemetry rows from record number `start` on: (rows, next, lost)."""

@@ -370,6 +370,7 @@ class _FakeProtocol:
         return self.rows[start:], len(self.rows), 0
 
     def open_step(self):
+        self.open_reads = getattr(self, "open_reads", 0) + 1
         return self.open
 
     def lower_quorum(self, step, q):
@@ -479,3 +480,30 @@ def test_watchdog_reads_no_log_for_policies_that_do_not_learn():
                               policy)._tick()  # pylint: disable=protected-access
     assert protocol.log_reads == 0
     assert protocol.lowered == []
+
+
+def test_fixed_quorum_watchdog_reads_the_ps_only_when_it_needs_to():
+    """Under the fixed quorum the PS state serves only stall warnings (and
+    max_wait_s): read at most once a tenth of the warning time, capped at a
+    second, and not at all while nothing is scheduled."""
+    from ps_sync import watchdog
+    coordinator = _fake_coordinator(0)
+    protocol = _FakeProtocol([], (4, 1, (0,)))
+    dog = watchdog.StepWatchdog(protocol, coordinator, stall_warning_s=0.5)
+    for _ in range(5):
+        dog._tick()  # pylint: disable=protected-access
+    assert dog.state_reads == 0 and not hasattr(protocol, "open_reads")
+    coordinator._cluster.closure_queue._inflight_closure_count = 3
+    for _ in range(5):
+        dog._tick()  # pylint: disable=protected-access
+    assert dog.state_reads == protocol.open_reads == 1
+    # A step stuck past the warning time is still warned about.
+    time.sleep(0.6)
+    dog._tick()  # pylint: disable=protected-access
+    assert dog.state_reads == 2 and dog.stall_warnings == 1
+    # Other policies decide at every poll.
+    dog = watchdog.StepWatchdog(protocol, coordinator,
+                                quorum.TimeoutThenDegrade(2, 600.0))
+    for _ in range(5):
+        dog._tick()  # pylint: disable=protected-access
+    assert dog.state_reads == 5

@@ -46,6 +46,10 @@ def _probe_custom_loop(workers, replicas, num_ps, closures, delays=(),
         coordinator.schedule(step, args=(iterator,))
     coordinator.join()
     steps, rows = probe.decode(model, replicas)
+    # What the watchdog reads, once every closure is done.
+    state = {"open_step": opt.protocol.open_step(),
+             "num_waiting": opt.protocol.num_waiting(),
+             "oldest_wait_s": opt.protocol.oldest_wait_s()}
     opt.close()
     memory = {"pushes": list(opt.telemetry.pushes),
               "steps": list(opt.telemetry.steps),
@@ -58,7 +62,7 @@ def _probe_custom_loop(workers, replicas, num_ps, closures, delays=(),
             "memory": memory,
             "tensorboard_files": os.listdir(os.path.join(run_dir, "tb")),
             "iterations": int(opt.iterations.numpy()),
-            "stats": opt.sync_stats(),
+            "stats": opt.sync_stats(), "state": state,
             "shard_devices": sorted({v.device for v in model.variables})}
 
 
@@ -138,6 +142,16 @@ def test_telemetry_records_match_the_decoded_updates():
         fresh = p["outcome"].startswith("admitted")
         assert (p["tag"] == p["step"]) or not fresh
         assert (p["admitted_rank"] in (1, 2)) == fresh
+    # The open step as the watchdog reads it: the workers admitted to it,
+    # and nobody left waiting (the last waiters were released).
+    step, count, admitted = r["state"]["open_step"]
+    assert step == r["steps"]
+    assert admitted == sorted(
+        p["worker"] for p in r["pushes"]
+        if p["step"] == step and p["outcome"] == "admitted")
+    assert count == len(admitted) < 2
+    assert r["state"]["num_waiting"] == 0
+    assert r["state"]["oldest_wait_s"] == 0.0
     assert any(f.startswith("events.out.tfevents") for f in
                r["tensorboard_files"])
     # In memory only the latest 10 of each kind (the files keep them all);
