@@ -309,8 +309,16 @@ class SyncProtocol(tf.Module):
             count = self.count.read_value()
             means = [acc.read_value() / tf.cast(count, acc.dtype)
                      for acc in self.accumulators]
+        graph = tf.compat.v1.get_default_graph()
+        made_before = len(graph.get_operations())
         applied = apply_fn(means)
-        with tf.control_dependencies(tf.nest.flatten(applied)):
+        # After every op of the apply, not only its result: tf-keras'
+        # Optimizer returns its step increment, which depends on none of its
+        # variable writes. A waiter woken before a write on another shard
+        # landed read the old value under the new tag (a stale gradient
+        # admitted, caught by the probe in tests/test_sync_checkpoint.py).
+        wrote = graph.get_operations()[made_before:]
+        with tf.control_dependencies(tf.nest.flatten(applied) + wrote):
             new_step = tf.cast(step_var.read_value(), tf.int64)
         with tf.control_dependencies([new_step]):
             resets = [acc.assign(tf.zeros_like(acc))
