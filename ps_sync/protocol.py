@@ -91,6 +91,19 @@ def _kept_functional(build):
     return out
 
 
+def _one_per_device(ops):
+    """A NoOp per device, after all of `ops` there: a control edge across
+    devices is a send and a receive each, so depend on these instead."""
+    by_device = {}
+    for op in ops:
+        by_device.setdefault(op.device, []).append(op)
+    groups = []
+    for device, members in by_device.items():
+        with tf.device(device or None):
+            groups.append(tf.group(*members))
+    return groups
+
+
 def _tensors(grads):
     """The tensors of `grads`, IndexedSlices taken apart."""
     return [t for g in grads for t in (
@@ -317,7 +330,7 @@ class SyncProtocol(tf.Module):
         # variable writes. A waiter woken before a write on another shard
         # landed read the old value under the new tag (a stale gradient
         # admitted, caught by the probe in tests/test_sync_checkpoint.py).
-        wrote = graph.get_operations()[made_before:]
+        wrote = _one_per_device(graph.get_operations()[made_before:])
         with tf.control_dependencies(tf.nest.flatten(applied) + wrote):
             new_step = tf.cast(step_var.read_value(), tf.int64)
         with tf.control_dependencies([new_step]):
