@@ -13,7 +13,8 @@ DESIGN.md); the protocol's apply seqlock double-checks it.
 Saves come exactly every K updates: while the checkpointer runs, the update
 that makes a multiple of K sets the hold itself (on the protocol PS), so no
 update K+1 is applied before update K is saved, and a crash loses at most K
-updates. A crash during a save leaves the previous checkpoint as the latest
+updates. That close also hands its step to the checkpointer thread through
+a queue on the PS, which the thread waits on rather than polling. A crash during a save leaves the previous checkpoint as the latest
 (TensorFlow renames complete files into place and writes the `checkpoint`
 index last); a latest checkpoint that cannot be read anyway is skipped for
 the one before it.
@@ -105,6 +106,9 @@ class UpdateCheckpointer:
       optimizer: the `SyncReplicasWithBackups` (or any optimizer: without the
         protocol there is no concurrent apply to guard against).
       every_n_updates: K; 0 disables the periodic saves.
+      poll_interval_s: how often it looks for a step to save while the
+        protocol is not built yet, or for an optimizer without one (with
+        the protocol it waits for the close that sets the hold instead).
     """
 
     def __init__(self, checkpoint, directory, optimizer, every_n_updates,
@@ -122,6 +126,7 @@ class UpdateCheckpointer:
         self.restored = None      # path restored by restore_latest
         self._holding = False     # the protocol holds every K updates
         self.unreadable = []      # checkpoints restore_latest had to skip
+        self.looks = 0            # maybe_save calls with a protocol
 
     def _protocol(self):
         return getattr(self._optimizer, "protocol", None)
@@ -187,6 +192,8 @@ class UpdateCheckpointer:
         if self._every <= 0:
             return None
         protocol = self._protocol()
+        if protocol is not None:
+            self.looks += 1
         if protocol is not None and not self._holding:
             # The protocol is built when the first step is traced.
             protocol.set_hold_every(self._every)
@@ -215,10 +222,12 @@ class UpdateCheckpointer:
 
     def stop(self):
         self._stop.set()
+        protocol = self._protocol()
+        if self._thread is not None and protocol is not None:
+            protocol.interrupt_next_hold()
         if self._thread is not None:
             self._thread.join(timeout=60)
             self._thread = None
-        protocol = self._protocol()
         if protocol is not None and self._holding:
             protocol.set_hold_every(0)
             self._holding = False
@@ -227,11 +236,37 @@ class UpdateCheckpointer:
             protocol.close_if_closable()
 
     def _run(self):
-        while not self._stop.wait(self._poll_interval_s):
+        if self._every <= 0:
+            return
+        # Polls until the protocol exists (it is built when the first step
+        # is traced), and throughout for an optimizer without one.
+        while self._protocol() is None:
+            if self._stop.wait(self._poll_interval_s):
+                return
+            self._maybe_save_logged()
+        protocol = self._protocol()
+        # Arms the hold, and saves a multiple of K passed before it was.
+        while not self._holding:
+            self._maybe_save_logged()
+            if not self._holding and self._stop.wait(self._poll_interval_s):
+                return
+        # Then sleeps until a close sets the hold: no reads in between, and
+        # a held step is let go as soon as its checkpoint is written.
+        while not self._stop.is_set():
             try:
-                self.maybe_save()
+                step = protocol.next_hold()
             except Exception as e:  # pylint: disable=broad-except
                 logging.warning("ps_sync checkpointer: %s", e)
+                self._stop.wait(self._poll_interval_s)
+                continue
+            if step >= 0:  # else an interrupt: from `stop`, or a past one
+                self._maybe_save_logged()
+
+    def _maybe_save_logged(self):
+        try:
+            self.maybe_save()
+        except Exception as e:  # pylint: disable=broad-except
+            logging.warning("ps_sync checkpointer: %s", e)
 
 
 class UpdateCheckpointCallback(tf.keras.callbacks.Callback):

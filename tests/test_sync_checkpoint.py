@@ -44,6 +44,7 @@ def _save_restore_continue(legacy):
         train(20)
         if len(checkpointer.saves) >= 3:
             break
+    thread = checkpointer._thread  # pylint: disable=protected-access
     checkpointer.stop()
     periodic = list(checkpointer.saves)
     reached = int(opt.iterations.numpy())
@@ -62,6 +63,7 @@ def _save_restore_continue(legacy):
             "consistent": consistent, "restored": restored,
             "after": int(opt.iterations.numpy()), "steps": steps,
             "files": sorted(os.listdir(directory)),
+            "looks": checkpointer.looks, "alive": thread.is_alive(),
             "stats": opt.sync_stats()}
 
 
@@ -78,6 +80,11 @@ def test_periodic_saves_are_consistent_and_restore_realigns():
     assert r["after"] == r["steps"] > r["restored"]
     assert r["stats"]["published_step"] == r["after"]
     assert "checkpoint" in r["files"]
+    # It looked at the PS once to arm the hold, then only when a close
+    # handed it a step (polling every 50 ms would look dozens of times),
+    # and `stop` woke it from its wait.
+    assert r["looks"] <= len(r["periodic"]) + 1, r
+    assert not r["alive"], r
 
 
 def test_legacy_optimizer_checkpoint_restore():
