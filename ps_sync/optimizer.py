@@ -197,6 +197,7 @@ class _SyncReplicasMixin:
                 var_list, self._replicas_to_aggregate,
                 self._total_num_replicas,
                 initial_step=int(self._optimizer.iterations.numpy()),
+                step_var=self._optimizer.iterations,
                 ask_before_send_min_bytes=self._ask_before_send_min_bytes))
             self._protocol.set_coordinator_apply(
                 lambda means: self._cross_replica_apply(

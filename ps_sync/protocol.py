@@ -36,6 +36,7 @@ closure could close the step (the end of an epoch), when a wait exceeds
 `max_wait_s`, or when the quorum policy fails the run. So no wait outlives the
 coordinator's judgement, and no wake-up is lost or doubled.
 """
+import contextlib
 import functools
 import time
 import uuid
@@ -145,7 +146,7 @@ class SyncProtocol(tf.Module):
     """
 
     def __init__(self, var_list, replicas_to_aggregate, total_num_replicas,
-                 run_id=None, initial_step=-1,
+                 run_id=None, initial_step=-1, step_var=None,
                  ask_before_send_min_bytes=ASK_BEFORE_SEND_MIN_BYTES):
         super().__init__(name="ps_sync_protocol")
         if not 1 <= replicas_to_aggregate <= total_num_replicas:
@@ -175,7 +176,12 @@ class SyncProtocol(tf.Module):
             # each worker counts: nothing can move the step before the first
             # push (a restore afterwards is caught by the realignment).
             initial_step = tf.constant(int(initial_step), tf.int64)
-            self.published = var(initial_step, "published")
+            # Beside the global step, which every push reads inside the
+            # critical section: elsewhere, each read was a round trip
+            # between parameter servers under the lock.
+            with (strategy.extended.colocate_vars_with(step_var)
+                  if step_var is not None else contextlib.nullcontext()):
+                self.published = var(initial_step, "published")
             with strategy.extended.colocate_vars_with(self.published):
                 # A lowered quorum for one step, packed into one int64 so
                 # that it is written atomically: step * 2**16 + quorum.

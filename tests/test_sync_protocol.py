@@ -66,6 +66,35 @@ def _probe_custom_loop(workers, replicas, num_ps, closures, delays=(),
             "shard_devices": sorted({v.device for v in model.variables})}
 
 
+def _protocol_placement():
+    import tensorflow as tf
+    from ps_sync.protocol import SyncProtocol
+    from ps_sync.testing import inprocess_cluster
+
+    strategy = inprocess_cluster.strategy(2, 2)
+    with strategy.scope():
+        model_var = tf.Variable(tf.zeros([4]))
+        # Round robin would put the next variable on the other PS.
+        step = tf.Variable(tf.constant(0, tf.int64))
+        protocol = SyncProtocol([model_var], 2, 2, step_var=step)
+    return {"step": step.device, "protocol": protocol.published.device,
+            "state": sorted({v.device for v in (protocol.count,
+                                                protocol.worker_tag)}),
+            "accumulator": protocol.accumulators[0].device,
+            "model_var": model_var.device}
+
+
+def test_protocol_state_sits_beside_the_global_step():
+    """Every push reads the global step inside the critical section: on
+    another PS each read was a round trip under the lock (2 PS, 3 workers:
+    0.32x async's pushes/s before, 0.39-0.41x after)."""
+    r = fresh_interpreter.run(HERE + ":_protocol_placement", timeout=120)
+    assert r["step"] != r["model_var"], r  # two PS really used
+    assert r["protocol"] == r["step"], r
+    assert r["state"] == [r["step"]], r
+    assert r["accumulator"] == r["model_var"], r
+
+
 def _pushes(stats):
     return sum(sum(v for k, v in w.items() if not k.startswith("wait"))
                for w in stats["per_worker"])
