@@ -341,13 +341,13 @@ def _tf2(workers, seconds, batch, mode, replicas, steps_per_closure=1):
     return result
 
 
-def _process_cluster(workers, name, split=None, affinity=None):
-    """1 PS + `workers` workers, each task its own process (torn down at
+def _process_cluster(workers, name, split=None, affinity=None, num_ps=1):
+    """`num_ps` PS + `workers` workers, each task its own process (torn down at
     exit, logs in runs/benchmarks/sync_overhead/<name>); their CPU counts in
     `_cpu_s`. `split`: (PS CPUs, worker CPUs) to pin them to, the CPUs read
     back recorded in `affinity`."""
     from ps_sync.local_cluster import LocalCluster
-    cluster = LocalCluster(num_workers=workers, num_ps=1, echo=False,
+    cluster = LocalCluster(num_workers=workers, num_ps=num_ps, echo=False,
                            run_dir=os.path.join(common.RUN_ROOT,
                                                 "sync_overhead", name))
     cluster.start()
@@ -361,7 +361,8 @@ def _process_cluster(workers, name, split=None, affinity=None):
 
 
 def _paired(workers, seconds, rounds, batch_sizes, quorums,
-            steps_per_closure, processes=False, ps_own_core=False):
+            steps_per_closure, processes=False, ps_own_core=False,
+            num_ps=1):
     """Every configuration at every batch size in ONE process: async and
     ps_sync at each quorum over one cluster, TF1 on a cluster of its own
     (one per batch size), measured in alternating windows of `seconds` (the
@@ -371,7 +372,9 @@ def _paired(workers, seconds, rounds, batch_sizes, quorums,
     and TF1's sessions run here too). Returns each batch size's windows per
     configuration; `_paired_summary` reduces them. With `ps_own_core`
     (process clusters only) the PS tasks run on a CPU of their own and the
-    rest here, under "affinity" the CPUs read back per process."""
+    rest here, under "affinity" the CPUs read back per process. `num_ps`
+    parameter servers per cluster (process clusters only): the model's two
+    variables then sit on different ones."""
     import ps_sync.keras_env  # noqa: F401
     split = own_core_split() if ps_own_core else None
     affinity = {}
@@ -379,7 +382,7 @@ def _paired(workers, seconds, rounds, batch_sizes, quorums,
         # Before TensorFlow starts its threads: they inherit this.
         affinity["coordinator"] = pin(os.getpid(), split[1])
     if processes:
-        cluster = _process_cluster(workers, "tf2", split, affinity)
+        cluster = _process_cluster(workers, "tf2", split, affinity, num_ps)
         # Before TensorFlow starts this process's own server.
         os.environ.update(cluster.coordinator_env())
     import tensorflow as tf
@@ -400,8 +403,9 @@ def _paired(workers, seconds, rounds, batch_sizes, quorums,
                            steps_per_closure)
             measure[batch, name] = functools.partial(
                 _window, coordinator, workers, built)
+        # TF1's replica_device_setter spreads its variables over every PS.
         spec = (_process_cluster(workers, "tf1_batch%d" % batch, split,
-                                 affinity).cluster_spec()
+                                 affinity, num_ps).cluster_spec()
                 if processes else None)
         measure[batch, "tf1_sync"] = _Tf1Sync(workers, batch, spec).window
     windows = {str(b): {name: [] for (b2, name) in measure if b2 == b}
@@ -512,6 +516,9 @@ def main(argv=None):
                         help="with --processes: the parameter servers on a "
                         "CPU of their own, every other process on the rest "
                         "(as when the PS has its own machine)")
+    parser.add_argument("--num_ps", type=common.positive_int, default=1,
+                        help="with --processes: parameter servers per "
+                        "cluster (the model's variables spread over them)")
     parser.add_argument("--out", default="benchmarks/results/sync_overhead")
     args = parser.parse_args(argv)
     if args.workers < 2:
@@ -531,6 +538,8 @@ def main(argv=None):
                      % args.workers)
     if args.processes and not args.paired_rounds:
         parser.error("--processes needs paired mode (--paired_rounds > 0)")
+    if args.num_ps > 1 and not args.processes:
+        parser.error("--num_ps above 1 needs --processes")
     if args.ps_own_core:
         if not args.processes:
             parser.error("--ps_own_core needs --processes")
@@ -596,7 +605,8 @@ def _main_paired(args, batch_sizes, quorums):
         dict(workers=args.workers, seconds=args.seconds,
              rounds=args.paired_rounds, batch_sizes=batch_sizes,
              quorums=quorums, steps_per_closure=args.steps_per_closure,
-             processes=args.processes, ps_own_core=args.ps_own_core),
+             processes=args.processes, ps_own_core=args.ps_own_core,
+             num_ps=args.num_ps),
         timeout=len(batch_sizes) * (
             args.seconds * args.paired_rounds * configs * 2 + 300))
     affinity = windows.pop("affinity", None)
@@ -627,8 +637,9 @@ def _main_paired(args, batch_sizes, quorums):
                   f, indent=2)
     _plot({b: by_batch[str(b)]["summary"] for b in batch_sizes},
           args.out + ".png",
-          "same process cluster" + (", PS on its own CPU"
-                                     if args.ps_own_core else "")
+          "same process cluster"
+          + (", %d PS" % args.num_ps if args.num_ps > 1 else "")
+          + (", PS on its own CPU" if args.ps_own_core else "")
           if args.processes else "same in-process cluster")
     print("wrote %s.json and %s.png" % (args.out, args.out))
 

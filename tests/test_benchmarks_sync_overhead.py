@@ -89,22 +89,27 @@ def test_sync_overhead_paired_windows_over_one_cluster(tmp_path):
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("ps_own_core", [False, True])
-def test_sync_overhead_paired_over_process_clusters(tmp_path, ps_own_core):
+@pytest.mark.parametrize("ps_own_core,num_ps", [(False, 1), (True, 1),
+                                                (True, 2)])
+def test_sync_overhead_paired_over_process_clusters(tmp_path, ps_own_core,
+                                                    num_ps):
     """--processes: two clusters of real task processes (one for async and
     ps_sync, one for TF1), their CPU counted with the coordinator's; with
-    --ps_own_core the PS tasks on one CPU, the rest on the others."""
+    --ps_own_core the PS tasks on one CPU, the rest on the others; with
+    --num_ps 2 two PS tasks per cluster."""
     out = str(tmp_path / "processes")
     report = _run_ok(out, ["--workers", "2", "--seconds", "1",
                            "--paired_rounds", "1", "--quorums", "2",
                            "--batch_sizes", "8", "--processes"]
-                     + (["--ps_own_core"] if ps_own_core else []))
+                     + (["--ps_own_core"] if ps_own_core else [])
+                     + ["--num_ps", str(num_ps)])
     assert report["args"]["processes"] is True
+    assert report["args"]["num_ps"] == num_ps
     affinity = report["paired"]["affinity"]
     if ps_own_core:
         ps_cpus, other_cpus = map(sorted, sync_overhead.own_core_split())
-        tasks = {"ps-0": ps_cpus, "worker-0": other_cpus,
-                 "worker-1": other_cpus}
+        tasks = dict({"ps-%d" % i: ps_cpus for i in range(num_ps)},
+                     **{"worker-0": other_cpus, "worker-1": other_cpus})
         assert affinity == dict(
             {"coordinator": other_cpus},
             **{"%s/%s" % (cluster, task): cpus
@@ -149,6 +154,9 @@ def test_sync_overhead_paired_over_process_clusters(tmp_path, ps_own_core):
     (["--processes"], "--processes needs paired mode (--paired_rounds > 0)"),
     (["--paired_rounds", "1", "--ps_own_core"],
      "--ps_own_core needs --processes"),
+    (["--paired_rounds", "1", "--num_ps", "2"],
+     "--num_ps above 1 needs --processes"),
+    (["--num_ps", "0"], "must be at least 1, got 0"),
 ])
 def test_sync_overhead_bad_input(tmp_path, args, message):
     code, output, _ = benchmark_run.run(
