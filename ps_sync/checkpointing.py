@@ -14,10 +14,11 @@ Saves come exactly every K updates: while the checkpointer runs, the update
 that makes a multiple of K sets the hold itself (on the protocol PS), so no
 update K+1 is applied before update K is saved, and a crash loses at most K
 updates. That close also hands its step to the checkpointer thread through
-a queue on the PS, which the thread waits on rather than polling. A crash during a save leaves the previous checkpoint as the latest
-(TensorFlow renames complete files into place and writes the `checkpoint`
-index last); a latest checkpoint that cannot be read anyway is skipped for
-the one before it.
+a queue on the PS, which the thread waits on rather than polling. A crash
+during a save leaves the previous checkpoint as the latest (TensorFlow
+renames complete files into place and writes the `checkpoint` index last);
+a latest checkpoint that cannot be read anyway is skipped for the one
+before it.
 """
 import contextlib
 import threading
