@@ -24,6 +24,7 @@ from tf_keras.src.optimizers.legacy import optimizer_v2
 
 from ps_sync import protocol as protocol_lib
 from ps_sync import quorum as quorum_lib
+from ps_sync import shard_apply as shard_apply_lib
 from ps_sync import telemetry as telemetry_lib
 from ps_sync import watchdog as watchdog_lib
 
@@ -91,6 +92,8 @@ class _SyncReplicasMixin:
         self._ask_before_send_min_bytes = ask_before_send_min_bytes
         self._protocol = None
         self._protocol_vars = None
+        # The per-server updater (shard_apply), when the optimizer allows.
+        self._by_server = None
         self._watchdog = None
         self._telemetry = None
 
@@ -199,10 +202,19 @@ class _SyncReplicasMixin:
                 initial_step=int(self._optimizer.iterations.numpy()),
                 step_var=self._optimizer.iterations,
                 ask_before_send_min_bytes=self._ask_before_send_min_bytes))
+            by_server = self._shard_apply()
+            reason = by_server.unsupported_reason()
+            if reason:
+                # Correct either way; with several parameter servers every
+                # push then carries the whole update's cross-server graph.
+                logging.info("ps_sync: the update is not cut per parameter "
+                             "server: %s", reason)
+                by_server = None
+            self._by_server = self._no_dependency(by_server)
             self._protocol.set_coordinator_apply(
                 lambda means: self._cross_replica_apply(
                     strategy, list(zip(means, var_list)), None),
-                self._optimizer.iterations, strategy)
+                self._optimizer.iterations, strategy, by_server=by_server)
             self._protocol.prepare_coordinator()
             coordinator = getattr(strategy, "_cluster_coordinator", None)
             if coordinator is not None:
@@ -239,7 +251,8 @@ class _SyncReplicasMixin:
                     strategy, list(zip(means, variables)), name)
 
             return self._protocol.push(worker, list(grads),
-                                       self._optimizer.iterations, apply_fn)
+                                       self._optimizer.iterations, apply_fn,
+                                       by_server=self._by_server)
 
         outcome = replica_context.merge_call(push)
         # Read where the outcome is, on the PS: no round trip to the worker.
@@ -273,6 +286,10 @@ class _SyncReplicasV3(tf.__internal__.tracking.DelegatingTrackableMixin,
 
     def _build_inner(self, var_list):
         self._optimizer.build(var_list)
+
+    def _shard_apply(self):
+        return shard_apply_lib.CurrentShardApply(self._optimizer,
+                                                 self._decay_weight)
 
     def _cross_replica_apply(self, strategy, grads_and_vars, name):
         # What Optimizer.apply_gradients does, minus the cross-replica
@@ -378,6 +395,9 @@ class _SyncReplicasLegacy(tf.__internal__.tracking.DelegatingTrackableMixin,
     def _build_inner(self, var_list):
         self._optimizer._create_all_weights(var_list)
         _ = self._optimizer.iterations
+
+    def _shard_apply(self):
+        return shard_apply_lib.LegacyShardApply(self._optimizer)
 
     def _cross_replica_apply(self, strategy, grads_and_vars, name):
         # What OptimizerV2.apply_gradients does, minus the cross-replica

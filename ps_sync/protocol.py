@@ -105,6 +105,33 @@ def _one_per_device(ops):
     return groups
 
 
+def _resource_device(t):
+    """The device of the resource behind handle `t`, through the captures
+    of nested function graphs."""
+    while hasattr(t, "graph") and t.op.type == "Placeholder":
+        outer = {id(inner): ext for ext, inner in t.graph.captures}.get(id(t))
+        if outer is None:
+            break
+        t = outer
+    return t.device
+
+
+def _check_one_device(ops, device):
+    """A functional If runs where it is placed: every resource it reads must
+    be there (else placement fails at run time, obscurely)."""
+    canonical = tf.DeviceSpec.from_string(device)
+    for t in [t for op in ops if op.type in ("If", "StatelessIf")
+              for t in op.inputs]:
+        if t.dtype != tf.resource:
+            continue
+        where = _resource_device(t)
+        if where and tf.DeviceSpec.from_string(where) != canonical:
+            raise ValueError(
+                "ps_sync: the update of the variables on %s reads a "
+                "resource on %s (%s): this optimizer cannot be cut per "
+                "parameter server" % (device, where, t.name))
+
+
 def _tensors(grads):
     """The tensors of `grads`, IndexedSlices taken apart."""
     return [t for g in grads for t in (
@@ -144,6 +171,9 @@ class SyncProtocol(tf.Module):
     Created on the coordinator (under the strategy's scope, outside any
     `tf.function`); `push` is called inside the worker's step function.
     """
+    # The model's variables are not the protocol's (`variables` is its state).
+    _TF_MODULE_IGNORED_PROPERTIES = frozenset(
+        tf.Module._TF_MODULE_IGNORED_PROPERTIES | {"_var_list"})
 
     def __init__(self, var_list, replicas_to_aggregate, total_num_replicas,
                  run_id=None, initial_step=-1, step_var=None,
@@ -213,12 +243,17 @@ class SyncProtocol(tf.Module):
                 # coordinator can tell whether a checkpoint read a torn state.
                 self.apply_seq = var(tf.constant(0, tf.int64), "apply_seq")
             self.accumulators = []
+            self._var_list = tuple(var_list)
             for v in var_list:
                 with strategy.extended.colocate_vars_with(v):
                     self.accumulators.append(
                         var(tf.zeros(v.shape, v.dtype),
                             "acc_" + v.name.split(":")[0].replace("/", "_")))
         self._device = self.published.device
+        # The indices of the variables on each device, in order.
+        self._shards = {}
+        for i, acc in enumerate(self.accumulators):
+            self._shards.setdefault(acc.device, []).append(i)
         self._fns = None
         self._coordinator_apply = None
 
@@ -288,18 +323,27 @@ class SyncProtocol(tf.Module):
         with tf.control_dependencies([appended]):
             return tf.constant(True)
 
-    def _realign(self, step):
+    def _realign(self, step, sums=True):
         """Open `step` if the state belongs to another one (first push, or a
-        checkpoint restore moved the step)."""
+        checkpoint restore moved the step). Returns (step, whether it was
+        opened). Without `sums` the gradient sums are left to the servers'
+        own branches (`_server_step`)."""
+        realigned = tf.not_equal(self.published, step)
+
         def reset():
-            ops = [acc.assign(tf.zeros_like(acc)) for acc in self.accumulators]
+            ops = ([acc.assign(tf.zeros_like(acc))
+                    for acc in self.accumulators] if sums else [])
             with tf.control_dependencies(ops):
                 ops = [self.count.assign(0),
                        self.admitted.assign(tf.zeros_like(self.admitted))]
             with tf.control_dependencies(ops):
                 return self.published.assign(step, read_value=True)
-        return tf.cond(tf.not_equal(self.published, step), reset,
-                       lambda: self.published.read_value())
+
+        def opened():
+            return tf.cond(realigned, reset,
+                           lambda: self.published.read_value())
+        # Without the sums, all on the protocol PS: a functional If.
+        return (opened() if sums else _kept_functional(opened)), realigned
 
     def _quorum(self, step):
         lowered = self.lowered.read_value()
@@ -308,10 +352,7 @@ class SyncProtocol(tf.Module):
                         self.replicas_to_aggregate)
 
     def _closable(self, step):
-        count = self.count.read_value()
-        return tf.logical_and(
-            tf.logical_and(count > 0, count >= self._quorum(step)),
-            tf.equal(self.hold.read_value(), 0))
+        return self._closes(step, self.count.read_value())
 
     def _accumulate(self, grads):
         """Add `grads` to the sums, all or none: every gradient is received
@@ -349,10 +390,16 @@ class SyncProtocol(tf.Module):
         with tf.control_dependencies(tf.nest.flatten(applied) + wrote):
             new_step = tf.cast(step_var.read_value(), tf.int64)
         with tf.control_dependencies([new_step]):
-            resets = [acc.assign(tf.zeros_like(acc))
-                      for acc in self.accumulators]
-            resets += [self.count.assign(0),
-                       self.admitted.assign(tf.zeros_like(self.admitted))]
+            cleared = [acc.assign(tf.zeros_like(acc))
+                       for acc in self.accumulators]
+        return self._open_next(new_step, cleared, count)
+
+    def _open_next(self, new_step, after, count):
+        """The protocol's half of a close, once the update is applied
+        everywhere (`after`): open step `new_step`. Returns `count`."""
+        with tf.control_dependencies([new_step] + after):
+            resets = [self.count.assign(0),
+                      self.admitted.assign(tf.zeros_like(self.admitted))]
             every = self.hold_every.read_value()
             holds = tf.logical_and(
                 every > 0, tf.equal(new_step % tf.maximum(every, 1), 0))
@@ -384,12 +431,15 @@ class SyncProtocol(tf.Module):
             return tf.constant(True)
 
     def _admit_and_maybe_apply(self, worker, computed_at, grads, step_var,
-                               apply_fn, sent=True):
+                               apply_fn, sent=True, by_server=None):
         """Body of the push's critical section: (outcome, waits).
 
         The step closes here once its admitted count reaches the quorum: on
         the N-th admitted push, or, after a lowered quorum or a checkpoint
         hold, on the next push (or the coordinator's `close_if_closable`).
+        With `by_server` (a `shard_apply` updater) the sums and the update
+        are handled per parameter server (`_server_steps`); otherwise the
+        update is `apply_fn`, traced whole.
         """
         # Every input from the worker is received before any state changes:
         # a worker lost mid-push would otherwise leave a push half recorded
@@ -398,7 +448,9 @@ class SyncProtocol(tf.Module):
         worker = tf.identity(worker)
         with tf.control_dependencies([computed_at, worker]):
             arrived_at = tf.timestamp()
-            step = self._realign(tf.cast(step_var.read_value(), tf.int64))
+            step, realigned = self._realign(
+                tf.cast(step_var.read_value(), tf.int64),
+                sums=by_server is None)
         tag = self.worker_tag[worker]
         ready_at = self.ready_at[worker]
         # One tf.cond per decision: each costs far more than arithmetic.
@@ -414,21 +466,24 @@ class SyncProtocol(tf.Module):
                                           tf.logical_not(sent)),
                            DROPPED_LATE, outcome)
 
-        def admit():
-            with tf.control_dependencies(self._accumulate(grads)):
-                rank = self.count.assign_add(1, read_value=True)
-                mark = self.admitted.scatter_nd_update([[worker]], [1])
-            with tf.control_dependencies([mark]):
-                return tf.identity(rank)
-
-        rank = tf.cond(tf.equal(outcome, ADMITTED), admit,
-                       lambda: tf.constant(0))
-        with tf.control_dependencies([rank]):
-            quorum = self._quorum(step)
-            closed = self._close_if_closable(step, step_var, apply_fn, worker,
-                                             tf.logical_not(tf.equal(
-                                                 outcome, ADMITTED)))
         admitted = tf.equal(outcome, ADMITTED)
+        quorum = self._quorum(step)
+        if by_server is not None:
+            rank, closed = self._admit_by_server(
+                worker, step, realigned, admitted, grads, step_var, by_server)
+        else:
+            def admit():
+                with tf.control_dependencies(self._accumulate(grads)):
+                    rank = self.count.assign_add(1, read_value=True)
+                    mark = self.admitted.scatter_nd_update([[worker]], [1])
+                with tf.control_dependencies([mark]):
+                    return tf.identity(rank)
+
+            rank = tf.cond(admitted, admit, lambda: tf.constant(0))
+            with tf.control_dependencies([rank]):
+                closed = self._close_if_closable(
+                    step, step_var, apply_fn, worker,
+                    tf.logical_not(admitted))
         outcome = tf.where(tf.logical_and(admitted, closed > 0),
                            ADMITTED_CLOSED, outcome)
         counted = self.outcomes.scatter_nd_add([[worker, outcome]],
@@ -451,6 +506,123 @@ class SyncProtocol(tf.Module):
                                       since]):
             return tf.identity(outcome), tf.identity(waits)
 
+    def _admit_by_server(self, worker, step, realigned, admitted, grads,
+                         step_var, by_server):
+        """Admission with the sums and the update cut per server: every
+        decision is taken here first, on the protocol PS, then each server
+        carries out its part in one branch, and the protocol's half of a
+        close runs once they all have. Returns (rank, closed count)."""
+        count = self.count.read_value() + tf.cast(admitted, tf.int32)
+        closes = self._closes(step, count)
+        done = self._server_steps(step, realigned, admitted, closes, count,
+                                  grads, by_server)
+        with tf.control_dependencies(done):
+            rank = self.count.assign_add(tf.cast(admitted, tf.int32),
+                                         read_value=True)
+            mark = self.admitted.scatter_nd_update(
+                [[worker]], [tf.where(admitted, 1, self.admitted[worker])])
+        with tf.control_dependencies([mark]):
+            rank = tf.where(admitted, rank, 0)
+            closed = self._close_by_server(step, step_var, closes, worker,
+                                           tf.logical_not(admitted))
+        return rank, closed
+
+    def _closes(self, step, count):
+        """Whether a step of `count` admitted gradients closes now."""
+        return tf.logical_and(
+            tf.logical_and(count > 0, count >= self._quorum(step)),
+            tf.equal(self.hold.read_value(), 0))
+
+    def _server_steps(self, step, realigned, admitted, closes, count, grads,
+                      by_server):
+        """On each parameter server, one functional If: clear its sums if
+        the step was realigned, add the admitted gradients, and on a close
+        apply its share of the update and clear them. Returns one token per
+        server, ready once its branch is done (or skipped)."""
+        begin = self.apply_seq.assign_add(tf.cast(closes, tf.int64))
+        with tf.control_dependencies([begin]):
+            code = tf.stack([tf.cast(realigned, tf.int32),
+                             tf.cast(admitted, tf.int32),
+                             tf.cast(closes, tf.int32), count])
+        values = by_server.scalar_values(step)
+        recorded = by_server.record(values)
+        done = []
+        graph = tf.compat.v1.get_default_graph()
+        for device, indices in self._shards.items():
+            made_before = len(graph.get_operations())
+            with tf.device(device):
+                local = tf.identity(code)  # one transfer per server
+                branch = functools.partial(self._server_step, indices, local,
+                                           grads, by_server, values)
+                done.append(_kept_functional(lambda: tf.cond(
+                    tf.reduce_any(local[:3] > 0), branch,
+                    lambda: tf.constant(False))))
+            _check_one_device(graph.get_operations()[made_before:], device)
+        return done + recorded
+
+    def _server_step(self, indices, code, grads, by_server, values):
+        """The branch of one server (see `_server_steps`): only its own
+        variables, slots and sums."""
+        realigned, admitted, closes = code[0] > 0, code[1] > 0, code[2] > 0
+        accs = [self.accumulators[i] for i in indices]
+
+        def when(pred, build):
+            def run():
+                with tf.control_dependencies(build()):
+                    return tf.constant(True)
+            return tf.cond(pred, run, lambda: tf.constant(False))
+
+        cleared = when(realigned, lambda: [
+            acc.assign(tf.zeros_like(acc)) for acc in accs])
+        with tf.control_dependencies([cleared]):
+            added = (when(admitted, lambda: [
+                acc.scatter_add(grads[i])
+                if isinstance(grads[i], tf.IndexedSlices)
+                else acc.assign_add(grads[i], read_value=False)
+                for i, acc in zip(indices, accs)])
+                     if grads is not None else tf.constant(False))
+
+        def update():
+            means = [acc.read_value() / tf.cast(code[3], acc.dtype)
+                     for acc in accs]
+            graph = tf.compat.v1.get_default_graph()
+            made_before = len(graph.get_operations())
+            by_server.apply(list(zip(means, [self._var_list[i]
+                                             for i in indices])), values)
+            with tf.control_dependencies(
+                    graph.get_operations()[made_before:]):
+                return [acc.assign(tf.zeros_like(acc)) for acc in accs]
+
+        with tf.control_dependencies([added]):
+            closed = when(closes, update)
+        with tf.control_dependencies([closed]):
+            return tf.constant(True)
+
+    def _close_by_server(self, step, step_var, closes, closer, record_close):
+        """The protocol's half of a close cut per server (the servers have
+        applied the update): advance the global step and open the next."""
+        def close():
+            new_step = tf.cast(step_var.assign_add(1, read_value=True),
+                               tf.int64)
+            return self._open_next(new_step, [], self.count.read_value())
+        return _kept_functional(lambda: tf.cond(
+            closes, self._logged_close(step, close, closer, record_close),
+            lambda: tf.constant(0)))
+
+    def _logged_close(self, step, close, closer, record_close):
+        """`close`, then its telemetry row: kept when the closer's push did
+        not count in the step (a lowered quorum, the end of a hold)."""
+        def run():
+            closed = close()
+            logged = self._record(dict(
+                step=step, tag=step, worker=closer, ready_at=0.0,
+                computed_at=0.0, arrived_at=tf.timestamp(),
+                outcome=POLICY_CLOSED, admitted_rank=closed,
+                quorum=self._quorum(step)), keep=record_close)
+            with tf.control_dependencies([logged]):
+                return tf.identity(closed)
+        return run
+
     def _close_if_closable(self, step, step_var, apply_fn, closer,
                            record_close):
         """Close the open step if its quorum is reached and no hold is set;
@@ -460,16 +632,9 @@ class SyncProtocol(tf.Module):
         # that does not close through each of the close's ~130 ops as dead
         # tensors (paired windows, every task a process: a minimal protocol
         # made 0.88x async's pushes/s so, 0.73x without).
-        @tf.function(autograph=False)
-        def close():
-            closed = self._close(step_var, apply_fn)
-            logged = self._record(dict(
-                step=step, tag=step, worker=closer, ready_at=0.0,
-                computed_at=0.0, arrived_at=tf.timestamp(),
-                outcome=POLICY_CLOSED, admitted_rank=closed,
-                quorum=self._quorum(step)), keep=record_close)
-            with tf.control_dependencies([logged]):
-                return tf.identity(closed)
+        close = tf.function(self._logged_close(
+            step, lambda: self._close(step_var, apply_fn), closer,
+            record_close), autograph=False)
         return tf.cond(self._closable(step), close, lambda: tf.constant(0))
 
     def _wait_for_close(self, worker):
@@ -547,11 +712,13 @@ class SyncProtocol(tf.Module):
                        if isinstance(g, tf.IndexedSlices) else sent[0])
         return out
 
-    def push(self, worker, grads, step_var, apply_fn):
+    def push(self, worker, grads, step_var, apply_fn, by_server=None):
         """One worker's push of `grads` (aligned with the var_list).
 
         `step_var` is the global step (the wrapped optimizer's iterations);
-        `apply_fn(mean_grads)` applies one update and advances it. Returns the
+        `apply_fn(mean_grads)` applies one update and advances it; with
+        `by_server` (a `shard_apply` updater) the update is cut per
+        parameter server instead and `apply_fn` is not used. Returns the
         push outcome (on the protocol PS); raises (in-graph) if the quorum
         policy failed the run.
         """
@@ -589,7 +756,7 @@ class SyncProtocol(tf.Module):
             outcome, waits = cs.execute(
                 lambda: self._admit_and_maybe_apply(
                     worker, computed_at, sent, step_var, apply_fn,
-                    sent=reserved),
+                    sent=reserved, by_server=by_server),
                 exclusive_resource_access=False)
             # An admitted worker that did not close the step would only
             # compute a gradient certain to be dropped: wait for the new
@@ -611,10 +778,12 @@ class SyncProtocol(tf.Module):
             with tf.control_dependencies([check]):
                 return tf.identity(outcome)
 
-    def set_coordinator_apply(self, apply_fn, step_var, strategy):
+    def set_coordinator_apply(self, apply_fn, step_var, strategy,
+                              by_server=None):
         """How the coordinator applies an update (cross-replica, under
-        `strategy`), for `close_if_closable`."""
-        self._coordinator_apply = (apply_fn, step_var, strategy)
+        `strategy`; per server with `by_server`, as the pushes do), for
+        `close_if_closable`."""
+        self._coordinator_apply = (apply_fn, step_var, strategy, by_server)
         self._fns = None
 
     def close_if_closable(self):
@@ -722,13 +891,25 @@ class SyncProtocol(tf.Module):
         fns["fail"] = fail.get_concrete_function(tf.TensorSpec([], tf.string))
 
         if self._coordinator_apply is not None:
-            apply_fn, step_var, strategy = self._coordinator_apply
+            apply_fn, step_var, strategy, by_server = self._coordinator_apply
+
+            def close_by_server():
+                step = self.published.read_value()
+                count = self.count.read_value()
+                closes = self._closes(step, count)
+                no = tf.constant(False)
+                done = self._server_steps(step, no, no, closes, count, None,
+                                          by_server)
+                with tf.control_dependencies(done):
+                    return self._close_by_server(step, step_var, closes, -1,
+                                                 tf.constant(True))
 
             @tf.function
             def close():
                 cs = self._critical_section([], "coordinator_close")
                 with tf.device(self._device):
                     return cs.execute(
+                        close_by_server if by_server is not None else
                         lambda: self._close_if_closable(
                             self.published.read_value(), step_var, apply_fn,
                             -1, tf.constant(True)),
