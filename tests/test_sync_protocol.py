@@ -9,7 +9,7 @@ HERE = __name__
 
 def _probe_custom_loop(workers, replicas, num_ps, closures, delays=(),
                        partitioned=False, legacy=False, in_memory=None,
-                       ask_before_send_min_bytes=None):
+                       ask_before_send_min_bytes=None, ema=False):
     import os
     import tempfile
     import tensorflow as tf
@@ -27,8 +27,10 @@ def _probe_custom_loop(workers, replicas, num_ps, closures, delays=(),
     with strategy.scope():
         model = probe.ProbeModel(workers)
         model.build([None, 1])
-        sgd = (tf.keras.optimizers.legacy.SGD if legacy
-               else tf.keras.optimizers.SGD)(probe.LR)
+        # EMA of the weights (it leaves the weights alone) keeps the whole
+        # update in the close instead of cutting it per server.
+        sgd = (tf.keras.optimizers.legacy.SGD(probe.LR) if legacy
+               else tf.keras.optimizers.SGD(probe.LR, use_ema=ema))
         run_dir = tempfile.mkdtemp()
         settings = ({} if ask_before_send_min_bytes is None else
                     {"ask_before_send_min_bytes": ask_before_send_min_bytes})
@@ -63,6 +65,7 @@ def _probe_custom_loop(workers, replicas, num_ps, closures, delays=(),
             "tensorboard_files": os.listdir(os.path.join(run_dir, "tb")),
             "iterations": int(opt.iterations.numpy()),
             "stats": opt.sync_stats(), "state": state,
+            "by_server": opt._by_server is not None,  # pylint: disable=W0212
             "shard_devices": sorted({v.device for v in model.variables})}
 
 
@@ -103,16 +106,21 @@ def _pushes(stats):
 # A push sends without asking leave with replicas=3 of 3 (no backups) and
 # with the probe's few bytes by default; ask_before_send_min_bytes=0 makes
 # every push ask (zeros stand in for a refused gradient on both shards).
-@pytest.mark.parametrize("partitioned,legacy,replicas,ask", [
-    (False, False, 2, None), (True, True, 2, 0), (False, False, 3, 0)])
+# The update is cut per server (`shard_apply`) except with ema=True, which
+# keeps the whole update in one close spanning both servers.
+@pytest.mark.parametrize("partitioned,legacy,replicas,ask,ema", [
+    (False, False, 2, None, False), (True, True, 2, 0, False),
+    (False, False, 3, 0, False), (True, False, 2, None, True)])
 def test_every_update_is_n_fresh_pushes_from_distinct_workers(partitioned,
                                                                legacy,
-                                                               replicas, ask):
+                                                               replicas, ask,
+                                                               ema):
     r = fresh_interpreter.run(
         HERE + ":_probe_custom_loop",
         dict(workers=3, replicas=replicas, num_ps=2, closures=24,
              partitioned=partitioned, legacy=legacy,
-             ask_before_send_min_bytes=ask), timeout=240)
+             ask_before_send_min_bytes=ask, ema=ema), timeout=240)
+    assert r["by_server"] is not ema
     assert r["stats"]["asks_leave"] is (ask == 0 and replicas < 3)
     assert len(r["shard_devices"]) == 2  # really spread over both PS
     assert r["steps"] == r["iterations"] >= 1
@@ -255,3 +263,52 @@ def test_the_new_version_is_published_after_every_variable_write(family):
         assert any(h is v.handle for h in update.values()), (family, v.name)
     late = sorted(op.name for op in update if op not in before)
     assert not late, (family, late)
+
+
+def _external_resources(op):
+    """ids of the captured handles among `op`'s resource inputs."""
+    external = {id(inner): ext for ext, inner in op.graph.captures}
+    return {id(external[id(t)]) for t in op.inputs
+            if t.dtype.name == "resource" and id(t) in external}
+
+
+@pytest.mark.parametrize("family", ["sgd", "adam", "legacy_adam"])
+def test_cut_per_server_the_new_version_is_published_after_every_server(
+        family):
+    """Cut per server (`shard_apply`), each server's branch writes its
+    variables and slots; the protocol's half of the close, which writes
+    `published`, must come after every one of them (the same race as
+    above). Checked on the graph of one push."""
+    import ps_sync.keras_env  # noqa: F401
+    import tensorflow as tf
+    from ps_sync.optimizer import SyncReplicasWithBackups
+    from ps_sync.protocol import SyncProtocol
+    from tests.test_optimizer_wrapper import FAMILIES
+
+    variables = [tf.Variable(tf.ones([3, 2]), name="w"),
+                 tf.Variable(tf.ones([4]), name="b")]
+    opt = SyncReplicasWithBackups(FAMILIES[family](), 2, 3)
+    opt._build_inner(variables)  # pylint: disable=protected-access
+    by_server = opt._shard_apply()  # pylint: disable=protected-access
+    assert by_server.unsupported_reason() is None
+    protocol = SyncProtocol(variables, 2, 3)
+
+    @tf.function
+    def push():
+        return protocol._admit_and_maybe_apply(  # pylint: disable=W0212
+            tf.constant(0), tf.constant(0.0, tf.float64),
+            [tf.ones_like(v) for v in variables], opt.iterations, None,
+            by_server=by_server)
+
+    graph = push.get_concrete_function().graph
+    branches = [op for op in graph.get_operations()
+                if op.type in ("If", "StatelessIf")]
+    servers = [op for op in branches
+               if id(variables[0].handle) in _external_resources(op)]
+    closes = [op for op in branches
+              if id(opt.iterations.handle) in _external_resources(op)]
+    # One device here, so one server branch, holding both variables.
+    assert len(servers) == 1 and len(closes) == 1, (servers, closes)
+    assert id(variables[1].handle) in _external_resources(servers[0])
+    assert id(protocol.published.handle) in _external_resources(closes[0])
+    assert servers[0] in _ancestors(closes[0])
