@@ -297,16 +297,12 @@ class _SyncReplicasV3(tf.__internal__.tracking.DelegatingTrackableMixin,
         inner = self._optimizer
         with tf.name_scope(name or inner.name):
             inner._compute_current_learning_rate()
-            grads, variables = zip(*grads_and_vars)
-            grads = inner._clip_gradients(list(grads))
-            grads = inner._deduplicate_sparse_grad(grads)
-            if inner.weight_decay is not None:
-                for var in variables:
-                    if inner._use_weight_decay(var):
-                        strategy.extended.update(
-                            var, self._decay_weight, group=False)
+            grads_and_vars = shard_apply_lib.current_prepared(
+                inner, grads_and_vars, lambda var: strategy.extended.update(
+                    var, self._decay_weight, group=False))
+            variables = [var for _, var in grads_and_vars]
             iteration = inner._distributed_apply_gradients_fn(
-                strategy, list(zip(grads, variables)))
+                strategy, grads_and_vars)
             constrained = [var.assign(var.constraint(var))
                            for var in variables if var.constraint is not None]
         with tf.control_dependencies(constrained):

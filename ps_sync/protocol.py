@@ -6,6 +6,15 @@ inside one `tf.CriticalSection` on the protocol PS, so admission, accumulation
 and the apply of a full step are one atomic unit for every variable on every
 shard (invariants 2, 3 and 4 of DESIGN.md).
 
+Servers. Inside the lock every decision (realign, admit, close) is taken on
+the protocol PS first; then each parameter server gets one small decision
+vector and carries out its part (its sums, its share of the update) as one
+single-device functional If, and the protocol's half of a close runs once
+they all have (`_admit_by_server`; the update per server comes from
+`shard_apply`). A close traced as one graph would span the servers, and
+every push would send its edges, as dead tensors, between them under the
+lock. Optimizers that cannot be cut per server keep that whole close.
+
 Versions. `published` is written only after an apply has finished writing
 every variable. A worker's tag for its next gradient is the `published` it
 read at the end of its previous push, i.e. before any read of its next

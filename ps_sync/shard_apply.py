@@ -71,6 +71,20 @@ def _family_reason(inner, supported, legacy):
     return None
 
 
+def current_prepared(inner, grads_and_vars, decay):
+    """What a current `Optimizer` does before its per-variable updates: clip
+    the gradients, deduplicate sparse ones, decay the weights (`decay(var)`
+    for each variable that takes weight decay)."""
+    grads, variables = zip(*grads_and_vars)
+    grads = inner._clip_gradients(list(grads))
+    grads = inner._deduplicate_sparse_grad(grads)
+    if inner.weight_decay is not None:
+        for var in variables:
+            if inner._use_weight_decay(var):
+                decay(var)
+    return list(zip(grads, variables))
+
+
 class CurrentShardApply:
     """Per-server updates of a current `tf.keras.optimizers.Optimizer`."""
 
@@ -114,16 +128,11 @@ class CurrentShardApply:
         scalars taken from `values`. Traced inside that server's branch."""
         inner = self._inner
         with _values_in_place_of(inner, values):
-            grads, variables = zip(*grads_and_vars)
-            grads = inner._clip_gradients(list(grads))
-            grads = inner._deduplicate_sparse_grad(grads)
-            if inner.weight_decay is not None:
-                for var in variables:
-                    if inner._use_weight_decay(var):
-                        self._decay_weight(var)
-            for grad, var in zip(grads, variables):
+            grads_and_vars = current_prepared(inner, grads_and_vars,
+                                              self._decay_weight)
+            for grad, var in grads_and_vars:
                 inner._update_step(grad, var)
-            for var in variables:
+            for _, var in grads_and_vars:
                 if var.constraint is not None:
                     var.assign(var.constraint(var))
 
