@@ -288,8 +288,7 @@ class _SyncReplicasV3(tf.__internal__.tracking.DelegatingTrackableMixin,
         self._optimizer.build(var_list)
 
     def _shard_apply(self):
-        return shard_apply_lib.CurrentShardApply(self._optimizer,
-                                                 self._decay_weight)
+        return shard_apply_lib.CurrentShardApply(self._optimizer)
 
     def _cross_replica_apply(self, strategy, grads_and_vars, name):
         # What Optimizer.apply_gradients does, minus the cross-replica
@@ -309,10 +308,7 @@ class _SyncReplicasV3(tf.__internal__.tracking.DelegatingTrackableMixin,
             return tf.identity(iteration)
 
     def _decay_weight(self, var):
-        inner = self._optimizer
-        lr = tf.cast(inner.learning_rate, var.dtype)
-        wd = tf.cast(inner.weight_decay, var.dtype)
-        return var.assign_sub(var * wd * lr)
+        return shard_apply_lib.decay_weight(self._optimizer, var)
 
     def build(self, var_list):
         return self._optimizer.build(var_list)

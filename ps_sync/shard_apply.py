@@ -13,8 +13,8 @@ What keeps the wrapped optimizer's update on one device: its per-variable
 update reads, besides the variable and its slots, a few scalars (the step
 counter, the learning rate, hyperparameter variables) that live on one
 server. Those are read under the lock where they are and handed to each
-server's branch as values: while the branch is traced, the optimizer's
-attributes that hold them are swapped for the values (`_values_in_place_of`),
+server's branch as values: the branch is traced with a shallow copy of the
+optimizer whose attributes that hold them are the values (`_with_values`),
 so the update code runs unchanged. This only works for optimizers whose
 per-variable update reads nothing else and writes nothing but the variable
 and its own slots: the families listed below, and no option that couples
@@ -22,8 +22,7 @@ variables (global gradient clipping, EMA of the weights, XLA updates). Any
 other optimizer keeps the whole-update close (`unsupported_reason`).
 """
 # pylint: disable=protected-access
-import contextlib
-import threading
+import copy
 
 import tensorflow as tf
 from tf_keras.src.optimizers.schedules import learning_rate_schedule
@@ -34,25 +33,23 @@ from tf_keras.src.optimizers.schedules import learning_rate_schedule
 SUPPORTED_CURRENT = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad")
 SUPPORTED_LEGACY = ("SGD", "Adam", "RMSprop", "Adagrad")
 
-# Swapping attributes of a shared optimizer is only safe while no other
-# thread traces with it.
-_SWAP_LOCK = threading.Lock()
+def _with_values(obj, values):
+    """A shallow copy of `obj` (the same slots, variables and lists) whose
+    attributes named in `values` hold those values instead. `obj` itself is
+    untouched: other threads may read it (`optimizer.iterations`) while a
+    push is traced. Set past tracking: the copy shares the original's
+    checkpoint-dependency lists."""
+    clone = copy.copy(obj)
+    for name, value in values.items():
+        object.__setattr__(clone, name, value)
+    return clone
 
 
-@contextlib.contextmanager
-def _values_in_place_of(obj, values):
-    """Set attributes of `obj` (a name -> value dict) around the block,
-    bypassing tracking: the optimizer's checkpoint dependencies stay as
-    they were."""
-    with _SWAP_LOCK:
-        saved = {name: obj.__dict__[name] for name in values}
-        try:
-            for name, value in values.items():
-                object.__setattr__(obj, name, value)
-            yield
-        finally:
-            for name, value in saved.items():
-                object.__setattr__(obj, name, value)
+def decay_weight(inner, var):
+    """The decoupled weight decay of a current `Optimizer` (AdamW...)."""
+    lr = tf.cast(inner.learning_rate, var.dtype)
+    wd = tf.cast(inner.weight_decay, var.dtype)
+    return var.assign_sub(var * wd * lr)
 
 
 def _read(variable):
@@ -88,9 +85,8 @@ def current_prepared(inner, grads_and_vars, decay):
 class CurrentShardApply:
     """Per-server updates of a current `tf.keras.optimizers.Optimizer`."""
 
-    def __init__(self, inner, decay_weight):
+    def __init__(self, inner):
         self._inner = inner
-        self._decay_weight = decay_weight
 
     def unsupported_reason(self):
         inner = self._inner
@@ -126,15 +122,14 @@ class CurrentShardApply:
     def apply(self, grads_and_vars, values):
         """The update of `grads_and_vars` (all on one server), with the
         scalars taken from `values`. Traced inside that server's branch."""
-        inner = self._inner
-        with _values_in_place_of(inner, values):
-            grads_and_vars = current_prepared(inner, grads_and_vars,
-                                              self._decay_weight)
-            for grad, var in grads_and_vars:
-                inner._update_step(grad, var)
-            for _, var in grads_and_vars:
-                if var.constraint is not None:
-                    var.assign(var.constraint(var))
+        inner = _with_values(self._inner, values)
+        grads_and_vars = current_prepared(
+            inner, grads_and_vars, lambda var: decay_weight(inner, var))
+        for grad, var in grads_and_vars:
+            inner._update_step(grad, var)
+        for _, var in grads_and_vars:
+            if var.constraint is not None:
+                var.assign(var.constraint(var))
 
 
 class LegacyShardApply:
@@ -163,22 +158,21 @@ class LegacyShardApply:
         return []
 
     def apply(self, grads_and_vars, values):
-        inner = self._inner
-        with _values_in_place_of(inner, values):
-            variables = [v for _, v in grads_and_vars]
-            apply_state = inner._prepare(variables)
-            grads_and_vars = inner._transform_gradients(grads_and_vars)
-            for grad, var in grads_and_vars:
-                kwargs = {}
-                if isinstance(grad, tf.IndexedSlices):
-                    if "apply_state" in inner._sparse_apply_args:
-                        kwargs["apply_state"] = apply_state
-                    inner._resource_apply_sparse_duplicate_indices(
-                        grad.values, var, grad.indices, **kwargs)
-                    continue
-                if "apply_state" in inner._dense_apply_args:
+        inner = _with_values(self._inner, values)
+        variables = [v for _, v in grads_and_vars]
+        apply_state = inner._prepare(variables)
+        grads_and_vars = inner._transform_gradients(grads_and_vars)
+        for grad, var in grads_and_vars:
+            kwargs = {}
+            if isinstance(grad, tf.IndexedSlices):
+                if "apply_state" in inner._sparse_apply_args:
                     kwargs["apply_state"] = apply_state
-                update = inner._resource_apply_dense(grad, var, **kwargs)
-                if var.constraint is not None:
-                    with tf.control_dependencies([update]):
-                        var.assign(var.constraint(var))
+                inner._resource_apply_sparse_duplicate_indices(
+                    grad.values, var, grad.indices, **kwargs)
+                continue
+            if "apply_state" in inner._dense_apply_args:
+                kwargs["apply_state"] = apply_state
+            update = inner._resource_apply_dense(grad, var, **kwargs)
+            if var.constraint is not None:
+                with tf.control_dependencies([update]):
+                    var.assign(var.constraint(var))
