@@ -440,15 +440,17 @@ class SyncProtocol(tf.Module):
             return tf.constant(True)
 
     def _admit_and_maybe_apply(self, worker, computed_at, grads, step_var,
-                               apply_fn, sent=True, by_server=None):
+                               apply_fn, sent=True, by_server=None,
+                               read=None):
         """Body of the push's critical section: (outcome, waits).
 
         The step closes here once its admitted count reaches the quorum: on
         the N-th admitted push, or, after a lowered quorum or a checkpoint
         hold, on the next push (or the coordinator's `close_if_closable`).
         With `by_server` (a `shard_apply` updater) the sums and the update
-        are handled per parameter server (`_server_steps`); otherwise the
-        update is `apply_fn`, traced whole.
+        are handled per parameter server (`_server_steps`), with the
+        scalars `read` before the lock; otherwise the update is `apply_fn`,
+        traced whole.
         """
         # Every input from the worker is received before any state changes:
         # a worker lost mid-push would otherwise leave a push half recorded
@@ -479,7 +481,8 @@ class SyncProtocol(tf.Module):
         quorum = self._quorum(step)
         if by_server is not None:
             rank, closed = self._admit_by_server(
-                worker, step, realigned, admitted, grads, step_var, by_server)
+                worker, step, realigned, admitted, grads, step_var, by_server,
+                read)
         else:
             def admit():
                 with tf.control_dependencies(self._accumulate(grads)):
@@ -516,7 +519,7 @@ class SyncProtocol(tf.Module):
             return tf.identity(outcome), tf.identity(waits)
 
     def _admit_by_server(self, worker, step, realigned, admitted, grads,
-                         step_var, by_server):
+                         step_var, by_server, read):
         """Admission with the sums and the update cut per server: every
         decision is taken here first, on the protocol PS, then each server
         carries out its part in one branch, and the protocol's half of a
@@ -524,7 +527,7 @@ class SyncProtocol(tf.Module):
         count = self.count.read_value() + tf.cast(admitted, tf.int32)
         closes = self._closes(step, count)
         done = self._server_steps(step, realigned, admitted, closes, count,
-                                  grads, by_server)
+                                  grads, by_server, read)
         with tf.control_dependencies(done):
             rank = self.count.assign_add(tf.cast(admitted, tf.int32),
                                          read_value=True)
@@ -543,7 +546,7 @@ class SyncProtocol(tf.Module):
             tf.equal(self.hold.read_value(), 0))
 
     def _server_steps(self, step, realigned, admitted, closes, count, grads,
-                      by_server):
+                      by_server, read=None):
         """On each parameter server, one functional If: clear its sums if
         the step was realigned, add the admitted gradients, and on a close
         apply its share of the update and clear them. Returns one token per
@@ -553,13 +556,15 @@ class SyncProtocol(tf.Module):
             code = tf.stack([tf.cast(realigned, tf.int32),
                              tf.cast(admitted, tf.int32),
                              tf.cast(closes, tf.int32), count])
-        values = by_server.scalar_values(step)
+        values = by_server.scalar_values(step, read)
         recorded = by_server.record(values)
         done = []
         graph = tf.compat.v1.get_default_graph()
         for device, indices in self._shards.items():
             made_before = len(graph.get_operations())
-            with tf.device(device):
+            # Ordered after the lock through `code`; without the critical
+            # section's own control edge, one transfer less per server.
+            with tf.device(device), tf.control_dependencies(None):
                 local = tf.identity(code)  # one transfer per server
                 branch = functools.partial(self._server_step, indices, local,
                                            grads, by_server, values)
@@ -758,6 +763,7 @@ class SyncProtocol(tf.Module):
             # asking would save nothing (paired windows at N = 3: 23% more
             # pushes/s without it).
             sent, reserved = self._send(grads), tf.constant(True)
+        read = by_server.read_scalars() if by_server is not None else None
         # The lock is taken once everything is on the PS.
         after = [worker, computed_at] + _tensors(sent)
         cs = self._critical_section(after + [reserved], "push")
@@ -765,7 +771,7 @@ class SyncProtocol(tf.Module):
             outcome, waits = cs.execute(
                 lambda: self._admit_and_maybe_apply(
                     worker, computed_at, sent, step_var, apply_fn,
-                    sent=reserved, by_server=by_server),
+                    sent=reserved, by_server=by_server, read=read),
                 exclusive_resource_access=False)
             # An admitted worker that did not close the step would only
             # compute a gradient certain to be dropped: wait for the new

@@ -96,17 +96,29 @@ class CurrentShardApply:
             return "jit_compile updates run as XLA functions"
         return _family_reason(inner, SUPPORTED_CURRENT, legacy=False)
 
-    def scalar_values(self, step):
+    def read_scalars(self):
+        """The scalar variables the updates read besides the step counter
+        (the learning rate), read where they live. The protocol reads them
+        before taking the lock: under it, each read on another server was
+        one more transfer each way on every push. They change only when the
+        user assigns them, so an update may use the value of a moment
+        before its close."""
+        lr = self._inner._learning_rate
+        if isinstance(lr, tf.Variable):
+            return {"_learning_rate": _read(lr)}
+        return {}
+
+    def scalar_values(self, step, read=None):
         """{attribute: value} of the scalars the updates read, at `step`
-        (the step counter before this update, as the optimizer sees it)."""
+        (the step counter before this update, as the optimizer sees it);
+        `read` from `read_scalars` (read now if not given)."""
         inner = self._inner
-        values = {"_iterations": tf.cast(step, inner._iterations.dtype)}
+        values = dict(self.read_scalars() if read is None else read)
+        values["_iterations"] = tf.cast(step, inner._iterations.dtype)
         lr = inner._learning_rate
         if isinstance(lr, learning_rate_schedule.LearningRateSchedule):
             values["_current_learning_rate"] = tf.cast(
                 lr(values["_iterations"]), inner._current_learning_rate.dtype)
-        elif isinstance(lr, tf.Variable):
-            values["_learning_rate"] = _read(lr)
         return values
 
     def record(self, values):
@@ -144,12 +156,16 @@ class LegacyShardApply:
             return "gradient_transformers may couple the variables"
         return _family_reason(inner, SUPPORTED_LEGACY, legacy=True)
 
-    def scalar_values(self, step):
+    def read_scalars(self):
+        """The hyperparameter variables, read where they live (see
+        `CurrentShardApply.read_scalars`)."""
+        return {name: _read(value) for name, value in self._inner._hyper.items()
+                if isinstance(value, tf.Variable)}
+
+    def scalar_values(self, step, read=None):
         inner = self._inner
         hyper = dict(inner._hyper)
-        for name, value in hyper.items():
-            if isinstance(value, tf.Variable):
-                hyper[name] = _read(value)
+        hyper.update(self.read_scalars() if read is None else read)
         return {"_iterations": tf.cast(step, inner.iterations.dtype),
                 "_hyper": hyper}
 
