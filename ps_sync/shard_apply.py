@@ -12,10 +12,11 @@ server one small decision vector per push and gets one token back.
 What keeps the wrapped optimizer's update on one device: its per-variable
 update reads, besides the variable and its slots, a few scalars (the step
 counter, the learning rate, hyperparameter variables) that live on one
-server. Those are read under the lock where they are and handed to each
-server's branch as values: the branch is traced with a shallow copy of the
-optimizer whose attributes that hold them are the values (`_with_values`),
-so the update code runs unchanged. This only works for optimizers whose
+server. They are handed to each server's branch as values (the step counter
+read under the lock, the variables just before it, where they live): the
+branch is traced with a shallow copy of the optimizer whose attributes that
+hold them are the values (`_with_values`), so the update code runs
+unchanged. This only works for optimizers whose
 per-variable update reads nothing else and writes nothing but the variable
 and its own slots: the families listed below, and no option that couples
 variables (global gradient clipping, EMA of the weights, XLA updates). Any
@@ -28,10 +29,11 @@ import tensorflow as tf
 from tf_keras.src.optimizers.schedules import learning_rate_schedule
 
 # Per-variable updates that read only the variable, its slots and the
-# scalars swapped below (checked in tests/test_shard_apply.py: an update
-# cut per server equals the whole update).
+# scalars handed over as values (checked in tests/test_shard_apply.py: an
+# update cut per server equals the whole update).
 SUPPORTED_CURRENT = ("SGD", "Adam", "AdamW", "RMSprop", "Adagrad")
 SUPPORTED_LEGACY = ("SGD", "Adam", "RMSprop", "Adagrad")
+
 
 def _with_values(obj, values):
     """A shallow copy of `obj` (the same slots, variables and lists) whose
@@ -159,7 +161,8 @@ class LegacyShardApply:
     def read_scalars(self):
         """The hyperparameter variables, read where they live (see
         `CurrentShardApply.read_scalars`)."""
-        return {name: _read(value) for name, value in self._inner._hyper.items()
+        return {name: _read(value)
+                for name, value in self._inner._hyper.items()
                 if isinstance(value, tf.Variable)}
 
     def scalar_values(self, step, read=None):
