@@ -94,6 +94,7 @@ class _SyncReplicasMixin:
         self._protocol_vars = None
         # The per-server updater (shard_apply), when the optimizer allows.
         self._by_server = None
+        self._update_cut_per_server = None
         self._watchdog = None
         self._telemetry = None
 
@@ -127,6 +128,9 @@ class _SyncReplicasMixin:
                                    if self._watchdog else [])
         stats["degraded_count"] = (self._watchdog.degraded_count
                                    if self._watchdog else 0)
+        # True, or why the whole update stays in one close (slower with
+        # several parameter servers).
+        stats["update_cut_per_server"] = self._update_cut_per_server
         return stats
 
     @property
@@ -204,6 +208,7 @@ class _SyncReplicasMixin:
                 ask_before_send_min_bytes=self._ask_before_send_min_bytes))
             by_server = self._shard_apply()
             reason = by_server.unsupported_reason()
+            self._update_cut_per_server = reason or True
             if reason:
                 # Correct either way; with several parameter servers every
                 # push then carries the whole update's cross-server graph.

@@ -66,6 +66,7 @@ def _probe_custom_loop(workers, replicas, num_ps, closures, delays=(),
             "iterations": int(opt.iterations.numpy()),
             "stats": opt.sync_stats(), "state": state,
             "by_server": opt._by_server is not None,  # pylint: disable=W0212
+            "cut": opt.sync_stats()["update_cut_per_server"],
             "shard_devices": sorted({v.device for v in model.variables})}
 
 
@@ -121,6 +122,8 @@ def test_every_update_is_n_fresh_pushes_from_distinct_workers(partitioned,
              partitioned=partitioned, legacy=legacy,
              ask_before_send_min_bytes=ask, ema=ema), timeout=240)
     assert r["by_server"] is not ema
+    assert r["cut"] == (True if not ema else
+                        "use_ema averages every variable after the update")
     assert r["stats"]["asks_leave"] is (ask == 0 and replicas < 3)
     assert len(r["shard_devices"]) == 2  # really spread over both PS
     assert r["steps"] == r["iterations"] >= 1
