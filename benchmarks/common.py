@@ -46,15 +46,24 @@ def int_list(text):
     return values
 
 
-def positive_int(text):
+def _int_at_least(text, low):
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError("expected an integer, got %r"
                                          % text) from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1, got %d" % value)
+    if value < low:
+        raise argparse.ArgumentTypeError("must be at least %d, got %d"
+                                         % (low, value))
     return value
+
+
+def positive_int(text):
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text):
+    return _int_at_least(text, 0)
 
 
 def positive_float(text):

@@ -66,6 +66,20 @@ HERE = "benchmarks.sync_overhead"
 DIM, HIDDEN, CLASSES = 64, 256, 10
 
 
+def _shapes(layers):
+    """The MLP's variable shapes: `layers` extra DIM x DIM layers (kernel and
+    bias each, as a real model's many variables), then DIM-HIDDEN-CLASSES."""
+    extra = [s for _ in range(layers) for s in ([DIM, DIM], [DIM])]
+    return extra + [[DIM, HIDDEN], [HIDDEN, CLASSES]]
+
+
+def _logits(tf, x, variables):
+    extra, (w1, w2) = variables[:-2], variables[-2:]
+    for kernel, bias in zip(extra[::2], extra[1::2]):
+        x = tf.nn.relu(tf.matmul(x, kernel) + bias)
+    return tf.matmul(tf.nn.relu(tf.matmul(x, w1)), w2)
+
+
 class _Tf1Sync:
     """TF1's SyncReplicasOptimizer on its own in-process cluster (1 PS + W
     workers), each worker's session in a thread, measured in windows like
@@ -73,7 +87,7 @@ class _Tf1Sync:
     session.run. Graph mode per worker graph, so it can share a process (and
     its CPU accounting) with the eager TF2 configurations."""
 
-    def __init__(self, workers, batch, spec=None):
+    def __init__(self, workers, batch, spec=None, layers=0):
         """`spec`: {"ps": [address], "worker": [W addresses]} of servers
         already running (a process cluster); None starts them in-process."""
         import ps_sync.keras_env  # noqa: F401
@@ -105,7 +119,7 @@ class _Tf1Sync:
         def worker(i):
             try:
                 self._worker(tf, cluster, config, targets[i], workers, batch,
-                             i, chief_ready)
+                             layers, i, chief_ready)
             except Exception as e:  # surfaced by window()
                 self._error = "TF1 worker %d: %r" % (i, e)
                 chief_ready.set()
@@ -117,8 +131,8 @@ class _Tf1Sync:
         # Warm-up: the first steps start the sessions and queue runners.
         self.window(1.0)
 
-    def _worker(self, tf, cluster, base_config, target, workers, batch, i,
-                chief_ready):
+    def _worker(self, tf, cluster, base_config, target, workers, batch, layers,
+                i, chief_ready):
         v1 = tf.compat.v1
         graph = tf.Graph()
         with graph.as_default(), v1.device(v1.train.replica_device_setter(
@@ -126,9 +140,9 @@ class _Tf1Sync:
             step = v1.train.get_or_create_global_step()
             x = tf.random.normal([batch, DIM])
             y = tf.random.uniform([batch], 0, CLASSES, tf.int32)
-            w1 = v1.get_variable("w1", [DIM, HIDDEN])
-            w2 = v1.get_variable("w2", [HIDDEN, CLASSES])
-            logits = tf.matmul(tf.nn.relu(tf.matmul(x, w1)), w2)
+            variables = [v1.get_variable("v%d" % k, shape)
+                         for k, shape in enumerate(_shapes(layers))]
+            logits = _logits(tf, x, variables)
             loss = tf.reduce_mean(
                 tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
             opt = v1.train.SyncReplicasOptimizer(
@@ -171,20 +185,21 @@ class _Tf1Sync:
         return _between(start, end)
 
 
-def _tf1_sync(workers, seconds, batch):
-    return _Tf1Sync(workers, batch).window(seconds)
+def _tf1_sync(workers, seconds, batch, layers=0):
+    return _Tf1Sync(workers, batch, layers=layers).window(seconds)
 
 
 def _build(strategy, coordinator, workers, batch, mode, replicas,
-           steps_per_closure):
+           steps_per_closure, layers=0):
     """The model, optimizer and scheduled step function of one TF2
     configuration, warmed up (traced, first pushes done)."""
     import tensorflow as tf
     from ps_sync.optimizer import SyncReplicasWithBackups
 
     with strategy.scope():
-        w1 = tf.Variable(tf.random.normal([DIM, HIDDEN]) * 0.1, name="w1")
-        w2 = tf.Variable(tf.random.normal([HIDDEN, CLASSES]) * 0.1, name="w2")
+        variables = [tf.Variable(tf.random.normal(shape) * 0.1,
+                                 name="v%d" % k)
+                     for k, shape in enumerate(_shapes(layers))]
         sgd = tf.keras.optimizers.SGD(0.01)
         opt = (sgd if mode == "async"
                else SyncReplicasWithBackups(sgd, replicas, workers))
@@ -196,11 +211,11 @@ def _build(strategy, coordinator, workers, batch, mode, replicas,
             x = tf.random.normal([batch, DIM])
             y = tf.random.uniform([batch], 0, CLASSES, tf.int32)
             with tf.GradientTape() as tape:
-                logits = tf.matmul(tf.nn.relu(tf.matmul(x, w1)), w2)
+                logits = _logits(tf, x, variables)
                 loss = tf.reduce_mean(
                     tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
-            grads = tape.gradient(loss, [w1, w2])
-            opt.apply_gradients(zip(grads, [w1, w2]))
+            grads = tape.gradient(loss, variables)
+            opt.apply_gradients(zip(grads, variables))
             pushes.assign_add(1)
         # As model.fit's steps_per_execution: several pushes per closure.
         for _ in tf.range(steps_per_closure):
@@ -313,7 +328,8 @@ def _window(coordinator, workers, built, seconds):
     return _between(start, end)
 
 
-def _tf2(workers, seconds, batch, mode, replicas, steps_per_closure=1):
+def _tf2(workers, seconds, batch, mode, replicas, steps_per_closure=1,
+         layers=0):
     import ps_sync.keras_env  # noqa: F401
     import tensorflow as tf
     from ps_sync import analysis, telemetry
@@ -322,7 +338,7 @@ def _tf2(workers, seconds, batch, mode, replicas, steps_per_closure=1):
     strategy = inprocess_cluster.strategy(workers, 1)
     coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
     built = _build(strategy, coordinator, workers, batch, mode, replicas,
-                   steps_per_closure)
+                   steps_per_closure, layers)
     t0 = time.time()
     result = _window(coordinator, workers, built, seconds)
     opt = built[1]
@@ -362,7 +378,7 @@ def _process_cluster(workers, name, split=None, affinity=None, num_ps=1):
 
 def _paired(workers, seconds, rounds, batch_sizes, quorums,
             steps_per_closure, processes=False, ps_own_core=False,
-            num_ps=1):
+            num_ps=1, layers=0):
     """Every configuration at every batch size in ONE process: async and
     ps_sync at each quorum over one cluster, TF1 on a cluster of its own
     (one per batch size), measured in alternating windows of `seconds` (the
@@ -373,8 +389,9 @@ def _paired(workers, seconds, rounds, batch_sizes, quorums,
     configuration; `_paired_summary` reduces them. With `ps_own_core`
     (process clusters only) the PS tasks run on a CPU of their own and the
     rest here, under "affinity" the CPUs read back per process. `num_ps`
-    parameter servers per cluster (process clusters only): the model's two
-    variables then sit on different ones."""
+    parameter servers per cluster (process clusters only): the model's
+    variables are spread over them. `layers`: extra layers of the MLP
+    (`_shapes`)."""
     import ps_sync.keras_env  # noqa: F401
     split = own_core_split() if ps_own_core else None
     affinity = {}
@@ -400,14 +417,15 @@ def _paired(workers, seconds, rounds, batch_sizes, quorums,
         configs.update({"ps_sync_n%d" % n: ("sync", n) for n in quorums})
         for name, (mode, n) in configs.items():
             built = _build(strategy, coordinator, workers, batch, mode, n,
-                           steps_per_closure)
+                           steps_per_closure, layers)
             measure[batch, name] = functools.partial(
                 _window, coordinator, workers, built)
         # TF1's replica_device_setter spreads its variables over every PS.
         spec = (_process_cluster(workers, "tf1_batch%d" % batch, split,
                                  affinity, num_ps).cluster_spec()
                 if processes else None)
-        measure[batch, "tf1_sync"] = _Tf1Sync(workers, batch, spec).window
+        measure[batch, "tf1_sync"] = _Tf1Sync(workers, batch, spec,
+                                              layers).window
     windows = {str(b): {name: [] for (b2, name) in measure if b2 == b}
                for b in batch_sizes}
     order = list(measure)
@@ -456,20 +474,24 @@ def _paired_summary(windows):
     return summary
 
 
-def _runs(w, seconds, batch, spc):
+def _runs(w, seconds, batch, spc, layers=0):
     return {
         "tf1_sync": (HERE + ":_tf1_sync",
-                     dict(workers=w, seconds=seconds, batch=batch)),
+                     dict(workers=w, seconds=seconds, batch=batch,
+                          layers=layers)),
         "ps_sync": (HERE + ":_tf2", dict(workers=w, seconds=seconds,
                                          batch=batch, mode="sync",
-                                         replicas=w, steps_per_closure=spc)),
+                                         replicas=w, steps_per_closure=spc,
+                                         layers=layers)),
         "ps_sync_b1": (HERE + ":_tf2", dict(workers=w, seconds=seconds,
                                             batch=batch, mode="sync",
                                             replicas=w - 1,
-                                            steps_per_closure=spc)),
+                                            steps_per_closure=spc,
+                                            layers=layers)),
         "async": (HERE + ":_tf2", dict(workers=w, seconds=seconds,
                                        batch=batch, mode="async",
-                                       replicas=w, steps_per_closure=spc)),
+                                       replicas=w, steps_per_closure=spc,
+                                       layers=layers)),
     }
 
 
@@ -519,6 +541,10 @@ def main(argv=None):
     parser.add_argument("--num_ps", type=common.positive_int, default=1,
                         help="with --processes: parameter servers per "
                         "cluster (the model's variables spread over them)")
+    parser.add_argument("--layers", type=common.non_negative_int, default=0,
+                        help="extra 64x64 layers of the MLP, a kernel and a "
+                        "bias each: 2 * layers + 2 variables (a real model "
+                        "has hundreds)")
     parser.add_argument("--out", default="benchmarks/results/sync_overhead")
     args = parser.parse_args(argv)
     if args.workers < 2:
@@ -565,7 +591,7 @@ def main(argv=None):
         k = i % len(batches)
         for batch in batches[k:] + batches[:k]:
             target, kwargs = _runs(args.workers, args.seconds, batch,
-                                   args.steps_per_closure)[name]
+                                   args.steps_per_closure, args.layers)[name]
             r = fresh_interpreter.run(target, kwargs,
                                       timeout=args.seconds * 3 + 180)
             r["updates_per_s"] = r["updates"] / r["seconds"]
@@ -606,7 +632,7 @@ def _main_paired(args, batch_sizes, quorums):
              rounds=args.paired_rounds, batch_sizes=batch_sizes,
              quorums=quorums, steps_per_closure=args.steps_per_closure,
              processes=args.processes, ps_own_core=args.ps_own_core,
-             num_ps=args.num_ps),
+             num_ps=args.num_ps, layers=args.layers),
         timeout=len(batch_sizes) * (
             args.seconds * args.paired_rounds * configs * 2 + 300))
     affinity = windows.pop("affinity", None)

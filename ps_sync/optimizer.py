@@ -178,7 +178,7 @@ class _SyncReplicasMixin:
                 % (self._total_num_replicas, workers,
                    self._replicas_to_aggregate))
 
-    def _ensure_protocol(self, var_list):
+    def _ensure_protocol(self, var_list, grads):
         if self._protocol is not None:
             if [id(v) for v in var_list] != self._protocol_vars:
                 # The accumulators were built for the first list.
@@ -205,7 +205,8 @@ class _SyncReplicasMixin:
                 self._total_num_replicas,
                 initial_step=int(self._optimizer.iterations.numpy()),
                 step_var=self._optimizer.iterations,
-                ask_before_send_min_bytes=self._ask_before_send_min_bytes))
+                ask_before_send_min_bytes=self._ask_before_send_min_bytes,
+                sparse=[isinstance(g, tf.IndexedSlices) for g in grads]))
             by_server = self._shard_apply()
             reason = by_server.unsupported_reason()
             self._update_cut_per_server = reason or True
@@ -249,7 +250,7 @@ class _SyncReplicasMixin:
         # The push runs in cross-replica context: the wrapped optimizer's apply
         # sits inside a tf.cond, where a merge_call is not allowed.
         def push(strategy):
-            self._ensure_protocol(variables)
+            self._ensure_protocol(variables, grads)
 
             def apply_fn(means):
                 return self._cross_replica_apply(

@@ -29,7 +29,8 @@ serialise all workers behind one round trip (and behind a worker lost
 mid-send). Once the gradients exist, a short critical section gives a fresh,
 non-duplicate push leave to send while the open step is not full
 (`_reserve`); a push refused is certain to be dropped and sends nothing. The
-gradients with leave go straight to the shards of their accumulators, and
+gradients with leave go straight to the shards of their sums, packed into
+one tensor per server and dtype (`gradient_sums`), and
 only once all of them are there does the push take the lock again to admit,
 accumulate and maybe apply: all PS-local work. A push sends without asking
 (the admission still decides) when the question would cost more than it
@@ -52,6 +53,8 @@ import uuid
 
 import tensorflow as tf
 from tensorflow.core.framework import attr_value_pb2
+
+from ps_sync import gradient_sums
 
 # Push outcomes and telemetry columns (pure Python, shared with readers).
 from ps_sync.steplog import (  # pylint: disable=unused-import
@@ -186,7 +189,8 @@ class SyncProtocol(tf.Module):
 
     def __init__(self, var_list, replicas_to_aggregate, total_num_replicas,
                  run_id=None, initial_step=-1, step_var=None,
-                 ask_before_send_min_bytes=ASK_BEFORE_SEND_MIN_BYTES):
+                 ask_before_send_min_bytes=ASK_BEFORE_SEND_MIN_BYTES,
+                 sparse=None):
         super().__init__(name="ps_sync_protocol")
         if not 1 <= replicas_to_aggregate <= total_num_replicas:
             raise ValueError(
@@ -251,15 +255,13 @@ class SyncProtocol(tf.Module):
                 # Odd while an update is being applied (a seqlock), so the
                 # coordinator can tell whether a checkpoint read a torn state.
                 self.apply_seq = var(tf.constant(0, tf.int64), "apply_seq")
-            self.accumulators = []
             self._var_list = tuple(var_list)
-            for v in var_list:
-                with strategy.extended.colocate_vars_with(v):
-                    self.accumulators.append(
-                        var(tf.zeros(v.shape, v.dtype),
-                            "acc_" + v.name.split(":")[0].replace("/", "_")))
+            self._sums = gradient_sums.layout(
+                var_list, sparse or [False] * len(var_list), var,
+                strategy.extended.colocate_vars_with)
+        self.accumulators = [s.variable for s in self._sums]
         self._device = self.published.device
-        # The indices of the variables on each device, in order.
+        # The indices of the sums on each device, in order.
         self._shards = {}
         for i, acc in enumerate(self.accumulators):
             self._shards.setdefault(acc.device, []).append(i)
@@ -340,8 +342,8 @@ class SyncProtocol(tf.Module):
         realigned = tf.not_equal(self.published, step)
 
         def reset():
-            ops = ([acc.assign(tf.zeros_like(acc))
-                    for acc in self.accumulators] if sums else [])
+            ops = ([gradient_sums.clear(s) for s in self._sums]
+                   if sums else [])
             with tf.control_dependencies(ops):
                 ops = [self.count.assign(0),
                        self.admitted.assign(tf.zeros_like(self.admitted))]
@@ -368,16 +370,8 @@ class SyncProtocol(tf.Module):
         on its shard before any sum changes, so a worker that dies (or is cut
         off) halfway through sending never leaves part of its gradient in a
         step (invariant 6)."""
-        # Already on their shards when sent before the lock (then a no-op).
-        received = self._send(grads)
-        ops = []
-        with tf.control_dependencies(_tensors(received)):
-            for acc, g in zip(self.accumulators, received):
-                if isinstance(g, tf.IndexedSlices):
-                    ops.append(acc.scatter_add(g))
-                else:
-                    ops.append(acc.assign_add(g, read_value=False))
-        return ops
+        with tf.control_dependencies(_tensors(grads)):
+            return [s.add(g) for s, g in zip(self._sums, grads)]
 
     def _close(self, step_var, apply_fn):
         """Apply the mean of the accumulated gradients and open the next step.
@@ -385,8 +379,8 @@ class SyncProtocol(tf.Module):
         begin = self.apply_seq.assign_add(1, read_value=True)
         with tf.control_dependencies([begin]):
             count = self.count.read_value()
-            means = [acc.read_value() / tf.cast(count, acc.dtype)
-                     for acc in self.accumulators]
+            means = gradient_sums.means_in_order(self._sums, count,
+                                                 len(self._var_list))
         graph = tf.compat.v1.get_default_graph()
         made_before = len(graph.get_operations())
         applied = apply_fn(means)
@@ -399,8 +393,7 @@ class SyncProtocol(tf.Module):
         with tf.control_dependencies(tf.nest.flatten(applied) + wrote):
             new_step = tf.cast(step_var.read_value(), tf.int64)
         with tf.control_dependencies([new_step]):
-            cleared = [acc.assign(tf.zeros_like(acc))
-                       for acc in self.accumulators]
+            cleared = [gradient_sums.clear(s) for s in self._sums]
         return self._open_next(new_step, cleared, count)
 
     def _open_next(self, new_step, after, count):
@@ -578,7 +571,7 @@ class SyncProtocol(tf.Module):
         """The branch of one server (see `_server_steps`): only its own
         variables, slots and sums."""
         realigned, admitted, closes = code[0] > 0, code[1] > 0, code[2] > 0
-        accs = [self.accumulators[i] for i in indices]
+        sums = [self._sums[i] for i in indices]
 
         def when(pred, build):
             def run():
@@ -586,26 +579,22 @@ class SyncProtocol(tf.Module):
                     return tf.constant(True)
             return tf.cond(pred, run, lambda: tf.constant(False))
 
-        cleared = when(realigned, lambda: [
-            acc.assign(tf.zeros_like(acc)) for acc in accs])
+        cleared = when(realigned, lambda: [gradient_sums.clear(s)
+                                           for s in sums])
         with tf.control_dependencies([cleared]):
             added = (when(admitted, lambda: [
-                acc.scatter_add(grads[i])
-                if isinstance(grads[i], tf.IndexedSlices)
-                else acc.assign_add(grads[i], read_value=False)
-                for i, acc in zip(indices, accs)])
+                s.add(grads[i]) for i, s in zip(indices, sums)])
                      if grads is not None else tf.constant(False))
 
         def update():
-            means = [acc.read_value() / tf.cast(code[3], acc.dtype)
-                     for acc in accs]
+            means = [(mean, self._var_list[i]) for s in sums
+                     for i, mean in s.means(code[3])]
             graph = tf.compat.v1.get_default_graph()
             made_before = len(graph.get_operations())
-            by_server.apply(list(zip(means, [self._var_list[i]
-                                             for i in indices])), values)
+            by_server.apply(means, values)
             with tf.control_dependencies(
                     graph.get_operations()[made_before:]):
-                return [acc.assign(tf.zeros_like(acc)) for acc in accs]
+                return [gradient_sums.clear(s) for s in sums]
 
         with tf.control_dependencies([added]):
             closed = when(closes, update)
@@ -691,10 +680,15 @@ class SyncProtocol(tf.Module):
                            tf.equal(self.admitted[worker], 0)),
             self.count.read_value() < self._quorum(published))
 
+    def _payloads(self, grads):
+        """What the push sends, one payload per sum, built on the worker."""
+        return [s.payload(grads) for s in self._sums]
+
     def _send(self, grads):
-        """Each gradient on its accumulator's shard, unconditionally."""
+        """Each sum's payload (`gradient_sums`) on its shard,
+        unconditionally."""
         out = []
-        for acc, g in zip(self.accumulators, grads):
+        for acc, g in zip(self.accumulators, self._payloads(grads)):
             with tf.device(acc.device):
                 out.append(tf.IndexedSlices(tf.identity(g.values),
                                             tf.identity(g.indices),
@@ -704,11 +698,11 @@ class SyncProtocol(tf.Module):
         return out
 
     def _send_if_reserved(self, reserved, grads):
-        """Each gradient on its accumulator's shard if `reserved`, else zeros
-        made there: a gradient certain to be dropped never leaves the worker.
+        """Each sum's payload on its shard if `reserved`, else zeros made
+        there: a gradient certain to be dropped never leaves the worker.
         Every shape is static (`asks_leave`)."""
         out = []
-        for acc, g in zip(self.accumulators, grads):
+        for acc, g in zip(self.accumulators, self._payloads(grads)):
             if isinstance(g, tf.IndexedSlices):
                 parts = [g.values, g.indices]
                 zeros = [(tf.TensorShape([0]).concatenate(g.values.shape[1:]),

@@ -52,7 +52,8 @@ def test_sync_overhead_paired_windows_over_one_cluster(tmp_path):
     out = str(tmp_path / "paired")
     report = _run_ok(out, ["--workers", "2", "--seconds", "1",
                            "--paired_rounds", "2", "--quorums", "2,1",
-                           "--batch_sizes", "8,64"])
+                           "--batch_sizes", "8,64", "--layers", "2"])
+    assert report["args"]["layers"] == 2  # 6 variables, TF1's too
     paired = report["paired"]
     assert paired["quorums"] == [2, 1] and paired["batch_sizes"] == [8, 64]
     assert set(paired["by_batch"]) == {"8", "64"}
@@ -157,6 +158,7 @@ def test_sync_overhead_paired_over_process_clusters(tmp_path, ps_own_core,
     (["--paired_rounds", "1", "--num_ps", "2"],
      "--num_ps above 1 needs --processes"),
     (["--num_ps", "0"], "must be at least 1, got 0"),
+    (["--layers", "-1"], "must be at least 0, got -1"),
 ])
 def test_sync_overhead_bad_input(tmp_path, args, message):
     code, output, _ = benchmark_run.run(

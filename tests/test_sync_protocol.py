@@ -67,7 +67,10 @@ def _probe_custom_loop(workers, replicas, num_ps, closures, delays=(),
             "stats": opt.sync_stats(), "state": state,
             "by_server": opt._by_server is not None,  # pylint: disable=W0212
             "cut": opt.sync_stats()["update_cut_per_server"],
-            "shard_devices": sorted({v.device for v in model.variables})}
+            "shard_devices": sorted({v.device for v in model.variables}),
+            # (variables summed, device) of each gradient sum.
+            "sums": [(len(s.indices), s.variable.device)
+                     for s in opt.protocol._sums]}  # pylint: disable=W0212
 
 
 def _protocol_placement():
@@ -126,6 +129,10 @@ def test_every_update_is_n_fresh_pushes_from_distinct_workers(partitioned,
                         "use_ema averages every variable after the update")
     assert r["stats"]["asks_leave"] is (ask == 0 and replicas < 3)
     assert len(r["shard_devices"]) == 2  # really spread over both PS
+    # One flat sum per server, so one tensor per server per push; at least
+    # one of them packs several variables.
+    assert sorted(device for _, device in r["sums"]) == r["shard_devices"]
+    assert max(n for n, _ in r["sums"]) >= 2
     assert r["steps"] == r["iterations"] >= 1
     assert r["stats"]["published_step"] == r["steps"]
     per_worker = r["stats"]["per_worker"]
@@ -300,8 +307,9 @@ def test_cut_per_server_the_new_version_is_published_after_every_server(
     def push():
         return protocol._admit_and_maybe_apply(  # pylint: disable=W0212
             tf.constant(0), tf.constant(0.0, tf.float64),
-            [tf.ones_like(v) for v in variables], opt.iterations, None,
-            by_server=by_server)
+            protocol._payloads(  # pylint: disable=protected-access
+                [tf.ones_like(v) for v in variables]),
+            opt.iterations, None, by_server=by_server)
 
     graph = push.get_concrete_function().graph
     branches = [op for op in graph.get_operations()
