@@ -366,10 +366,10 @@ class SyncProtocol(tf.Module):
         return self._closes(step, self.count.read_value())
 
     def _accumulate(self, grads):
-        """Add `grads` to the sums, all or none: every gradient is received
-        on its shard before any sum changes, so a worker that dies (or is cut
-        off) halfway through sending never leaves part of its gradient in a
-        step (invariant 6)."""
+        """Add `grads` (one payload per sum, as sent) to the sums, all or
+        none: every payload is received on its shard before any sum
+        changes, so a worker that dies (or is cut off) halfway through
+        sending never leaves part of its gradient in a step (invariant 6)."""
         with tf.control_dependencies(_tensors(grads)):
             return [s.add(g) for s, g in zip(self._sums, grads)]
 
