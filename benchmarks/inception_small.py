@@ -43,6 +43,7 @@ from benchmarks import common  # first: pins Keras 2 before TensorFlow
 
 import argparse
 import os
+import statistics
 import sys
 
 
@@ -90,6 +91,11 @@ def protocol_share(run_dir, warmup):
             "compute_s_mean": common.mean(compute),
             "push_s_mean": common.mean(push),
             "wait_s_mean": common.mean(wait),
+            # A worker's first compute after an evaluation interval holds
+            # the gap between two fits (seconds): medians leave it out.
+            "compute_s_median": statistics.median(compute),
+            "push_s_median": statistics.median(push),
+            "wait_s_median": statistics.median(wait),
             "cycle_s_mean": total / len(compute),
             "compute_share": sum(compute) / total,
             "push_share": sum(push) / total,

@@ -27,6 +27,8 @@ def test_inception_small_smoke(tmp_path):
     assert r["updates_per_s"] > 0 and r["worker_steps_per_s"] > 0
     p = r["protocol"]
     assert p["cycles"] > 0 and p["compute_s_mean"] > 0
+    assert 0 < p["compute_s_median"] <= max(p["compute_s_samples"])
+    assert p["push_s_median"] > 0 and p["wait_s_median"] >= 0
     assert 0.0 < p["protocol_share"] < 1.0
     assert p["compute_share"] + p["protocol_share"] == pytest.approx(1.0)
     benchmark_run.assert_png(out + ".png")
