@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -118,6 +119,22 @@ def interleaved(seeds, variants):
     return order
 
 
+def fresh_run_dir(run_dir):
+    """Remove the launcher run directory an earlier invocation left at
+    `run_dir`: the training program would resume it from its checkpoints
+    and report that run's history as this one's (a rerun of
+    inception_small measured 0.0 s of training so). Anything else there is
+    left alone, with an error."""
+    if not os.path.exists(run_dir):
+        return
+    if not os.path.exists(os.path.join(run_dir, "spec.json")):
+        raise BenchmarkError(
+            "%s exists and is not a run directory of the launcher (no "
+            "spec.json): pass another --run_root or remove it" % run_dir)
+    say("removing the earlier run %s" % run_dir)
+    shutil.rmtree(run_dir)
+
+
 def launch(spec, run_dir, program_args, timeout_s):
     """Run a cluster spec (a dict) with the launcher, every task a real
     process; returns {"summary", "wall_s", "grpc_stalls", "run_dir"}.
@@ -125,6 +142,7 @@ def launch(spec, run_dir, program_args, timeout_s):
     The spec is written beside the run directory; the launcher's own
     validation applies. Output stays in the run directory (`--quiet`).
     """
+    fresh_run_dir(run_dir)
     os.makedirs(os.path.dirname(run_dir), exist_ok=True)
     spec_path = run_dir + ".spec.json"
     with open(spec_path, "w") as f:
