@@ -51,6 +51,12 @@ other process (workers, this coordinator, TF1's sessions) to the rest, as
 when the PS has its own machine: sharing every core, the protocol's PS work
 and the workers' compute take turns on the same CPUs. The affinities read
 back from the processes are in the JSON.
+
+  python -m benchmarks.sync_overhead ... --layers 50
+
+Any mode with a model of many variables (50 extra 64x64 layers: 102
+variables), as real models have: a push of async or TF1 moves one gradient
+per variable, each its own transfer.
 """
 from benchmarks import common  # first: pins Keras 2 before TensorFlow
 
