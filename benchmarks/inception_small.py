@@ -92,7 +92,7 @@ def protocol_share(run_dir, warmup):
             "push_s_mean": common.mean(push),
             "wait_s_mean": common.mean(wait),
             # A worker's first compute after an evaluation interval holds
-            # the gap between two fits (seconds): medians leave it out.
+            # the gap between two intervals (seconds): medians leave it out.
             "compute_s_median": statistics.median(compute),
             "push_s_median": statistics.median(push),
             "wait_s_median": statistics.median(wait),
