@@ -85,6 +85,18 @@ def fraction(text):
     return value
 
 
+def momentum(text):
+    """A number in [0, 1) (0: off)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(
+            "expected a number in [0, 1), got %r" % text)
+    return value
+
+
 # -- the machine -------------------------------------------------------------
 
 def load_average():

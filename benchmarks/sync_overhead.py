@@ -56,7 +56,9 @@ back from the processes are in the JSON.
 
 Any mode with a model of many variables (50 extra 64x64 layers: 102
 variables), as real models have: a push of async or TF1 moves one gradient
-per variable, each its own transfer.
+per variable, each its own transfer. `--ema_momentum 0.9999`: every
+optimizer keeps the moving average of the weights the Inception recipe
+keeps.
 """
 from benchmarks import common  # first: pins Keras 2 before TensorFlow
 
@@ -72,10 +74,13 @@ HERE = "benchmarks.sync_overhead"
 DIM, HIDDEN, CLASSES = 64, 256, 10
 
 
-def _shapes(layers):
-    """The MLP's variable shapes: `layers` extra DIM x DIM layers (kernel and
-    bias each, as a real model's many variables), then DIM-HIDDEN-CLASSES."""
-    extra = [s for _ in range(layers) for s in ([DIM, DIM], [DIM])]
+def _shapes(mlp):
+    """The MLP's variable shapes: `mlp["layers"]` extra DIM x DIM layers
+    (kernel and bias each, as a real model's many variables), then
+    DIM-HIDDEN-CLASSES. `mlp`: the model options of --layers and
+    --ema_momentum ({} for neither)."""
+    extra = [s for _ in range(mlp.get("layers", 0))
+             for s in ([DIM, DIM], [DIM])]
     return extra + [[DIM, HIDDEN], [HIDDEN, CLASSES]]
 
 
@@ -93,7 +98,7 @@ class _Tf1Sync:
     session.run. Graph mode per worker graph, so it can share a process (and
     its CPU accounting) with the eager TF2 configurations."""
 
-    def __init__(self, workers, batch, spec=None, layers=0):
+    def __init__(self, workers, batch, spec=None, mlp=None):
         """`spec`: {"ps": [address], "worker": [W addresses]} of servers
         already running (a process cluster); None starts them in-process."""
         import ps_sync.keras_env  # noqa: F401
@@ -125,7 +130,7 @@ class _Tf1Sync:
         def worker(i):
             try:
                 self._worker(tf, cluster, config, targets[i], workers, batch,
-                             layers, i, chief_ready)
+                             mlp or {}, i, chief_ready)
             except Exception as e:  # surfaced by window()
                 self._error = "TF1 worker %d: %r" % (i, e)
                 chief_ready.set()
@@ -137,7 +142,7 @@ class _Tf1Sync:
         # Warm-up: the first steps start the sessions and queue runners.
         self.window(1.0)
 
-    def _worker(self, tf, cluster, base_config, target, workers, batch, layers,
+    def _worker(self, tf, cluster, base_config, target, workers, batch, mlp,
                 i, chief_ready):
         v1 = tf.compat.v1
         graph = tf.Graph()
@@ -147,13 +152,19 @@ class _Tf1Sync:
             x = tf.random.normal([batch, DIM])
             y = tf.random.uniform([batch], 0, CLASSES, tf.int32)
             variables = [v1.get_variable("v%d" % k, shape)
-                         for k, shape in enumerate(_shapes(layers))]
+                         for k, shape in enumerate(_shapes(mlp))]
             logits = _logits(tf, x, variables)
             loss = tf.reduce_mean(
                 tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+            # The paper's moving average of the weights: the chief's token
+            # queue runner updates it after each update.
+            averages = (v1.train.ExponentialMovingAverage(mlp["ema"], step)
+                        if mlp.get("ema") else None)
             opt = v1.train.SyncReplicasOptimizer(
                 v1.train.GradientDescentOptimizer(0.01),
-                replicas_to_aggregate=workers, total_num_replicas=workers)
+                replicas_to_aggregate=workers, total_num_replicas=workers,
+                variable_averages=averages,
+                variables_to_average=variables if averages else None)
             train_op = opt.minimize(loss, global_step=step)
             hook = opt.make_session_run_hook(is_chief=(i == 0))
         if i != 0:
@@ -191,22 +202,25 @@ class _Tf1Sync:
         return _between(start, end)
 
 
-def _tf1_sync(workers, seconds, batch, layers=0):
-    return _Tf1Sync(workers, batch, layers=layers).window(seconds)
+def _tf1_sync(workers, seconds, batch, mlp=None):
+    return _Tf1Sync(workers, batch, mlp=mlp).window(seconds)
 
 
 def _build(strategy, coordinator, workers, batch, mode, replicas,
-           steps_per_closure, layers=0):
+           steps_per_closure, mlp=None):
     """The model, optimizer and scheduled step function of one TF2
     configuration, warmed up (traced, first pushes done)."""
     import tensorflow as tf
     from ps_sync.optimizer import SyncReplicasWithBackups
 
+    mlp = mlp or {}
     with strategy.scope():
         variables = [tf.Variable(tf.random.normal(shape) * 0.1,
                                  name="v%d" % k)
-                     for k, shape in enumerate(_shapes(layers))]
-        sgd = tf.keras.optimizers.SGD(0.01)
+                     for k, shape in enumerate(_shapes(mlp))]
+        ema = mlp.get("ema", 0.0)
+        sgd = tf.keras.optimizers.SGD(0.01, use_ema=ema > 0,
+                                      ema_momentum=ema or 0.99)
         opt = (sgd if mode == "async"
                else SyncReplicasWithBackups(sgd, replicas, workers))
         pushes = tf.Variable(tf.constant(0, tf.int64), name="pushes")
@@ -335,7 +349,7 @@ def _window(coordinator, workers, built, seconds):
 
 
 def _tf2(workers, seconds, batch, mode, replicas, steps_per_closure=1,
-         layers=0):
+         mlp=None):
     import ps_sync.keras_env  # noqa: F401
     import tensorflow as tf
     from ps_sync import analysis, telemetry
@@ -344,7 +358,7 @@ def _tf2(workers, seconds, batch, mode, replicas, steps_per_closure=1,
     strategy = inprocess_cluster.strategy(workers, 1)
     coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
     built = _build(strategy, coordinator, workers, batch, mode, replicas,
-                   steps_per_closure, layers)
+                   steps_per_closure, mlp)
     t0 = time.time()
     result = _window(coordinator, workers, built, seconds)
     opt = built[1]
@@ -384,7 +398,7 @@ def _process_cluster(workers, name, split=None, affinity=None, num_ps=1):
 
 def _paired(workers, seconds, rounds, batch_sizes, quorums,
             steps_per_closure, processes=False, ps_own_core=False,
-            num_ps=1, layers=0):
+            num_ps=1, mlp=None):
     """Every configuration at every batch size in ONE process: async and
     ps_sync at each quorum over one cluster, TF1 on a cluster of its own
     (one per batch size), measured in alternating windows of `seconds` (the
@@ -396,7 +410,7 @@ def _paired(workers, seconds, rounds, batch_sizes, quorums,
     (process clusters only) the PS tasks run on a CPU of their own and the
     rest here, under "affinity" the CPUs read back per process. `num_ps`
     parameter servers per cluster (process clusters only): the model's
-    variables are spread over them. `layers`: extra layers of the MLP
+    variables are spread over them. `mlp`: the model's options
     (`_shapes`)."""
     import ps_sync.keras_env  # noqa: F401
     split = own_core_split() if ps_own_core else None
@@ -423,7 +437,7 @@ def _paired(workers, seconds, rounds, batch_sizes, quorums,
         configs.update({"ps_sync_n%d" % n: ("sync", n) for n in quorums})
         for name, (mode, n) in configs.items():
             built = _build(strategy, coordinator, workers, batch, mode, n,
-                           steps_per_closure, layers)
+                           steps_per_closure, mlp)
             measure[batch, name] = functools.partial(
                 _window, coordinator, workers, built)
         # TF1's replica_device_setter spreads its variables over every PS.
@@ -431,7 +445,7 @@ def _paired(workers, seconds, rounds, batch_sizes, quorums,
                                  affinity, num_ps).cluster_spec()
                 if processes else None)
         measure[batch, "tf1_sync"] = _Tf1Sync(workers, batch, spec,
-                                              layers).window
+                                              mlp).window
     windows = {str(b): {name: [] for (b2, name) in measure if b2 == b}
                for b in batch_sizes}
     order = list(measure)
@@ -480,24 +494,24 @@ def _paired_summary(windows):
     return summary
 
 
-def _runs(w, seconds, batch, spc, layers=0):
+def _runs(w, seconds, batch, spc, mlp=None):
     return {
         "tf1_sync": (HERE + ":_tf1_sync",
                      dict(workers=w, seconds=seconds, batch=batch,
-                          layers=layers)),
+                          mlp=mlp)),
         "ps_sync": (HERE + ":_tf2", dict(workers=w, seconds=seconds,
                                          batch=batch, mode="sync",
                                          replicas=w, steps_per_closure=spc,
-                                         layers=layers)),
+                                         mlp=mlp)),
         "ps_sync_b1": (HERE + ":_tf2", dict(workers=w, seconds=seconds,
                                             batch=batch, mode="sync",
                                             replicas=w - 1,
                                             steps_per_closure=spc,
-                                            layers=layers)),
+                                            mlp=mlp)),
         "async": (HERE + ":_tf2", dict(workers=w, seconds=seconds,
                                        batch=batch, mode="async",
                                        replicas=w, steps_per_closure=spc,
-                                       layers=layers)),
+                                       mlp=mlp)),
     }
 
 
@@ -513,6 +527,10 @@ def _ratios(results):
     return {name: results[a][rate] / results[b][rate]
             for name, (a, b, rate) in RATIOS.items()
             if a in results and b in results}
+
+
+def _mlp(args):
+    return {"layers": args.layers, "ema": args.ema_momentum}
 
 
 def main(argv=None):
@@ -551,6 +569,11 @@ def main(argv=None):
                         help="extra 64x64 layers of the MLP, a kernel and a "
                         "bias each: 2 * layers + 2 variables (a real model "
                         "has hundreds)")
+    parser.add_argument("--ema_momentum", type=common.momentum, default=0.0,
+                        help="every optimizer keeps a moving average of the "
+                        "weights with this momentum, as the Inception "
+                        "recipe (0.9999): use_ema in TF2, TF1's "
+                        "variable_averages (default 0: none)")
     parser.add_argument("--out", default="benchmarks/results/sync_overhead")
     args = parser.parse_args(argv)
     if args.workers < 2:
@@ -597,7 +620,7 @@ def main(argv=None):
         k = i % len(batches)
         for batch in batches[k:] + batches[:k]:
             target, kwargs = _runs(args.workers, args.seconds, batch,
-                                   args.steps_per_closure, args.layers)[name]
+                                   args.steps_per_closure, _mlp(args))[name]
             r = fresh_interpreter.run(target, kwargs,
                                       timeout=args.seconds * 3 + 180)
             r["updates_per_s"] = r["updates"] / r["seconds"]
@@ -638,7 +661,7 @@ def _main_paired(args, batch_sizes, quorums):
              rounds=args.paired_rounds, batch_sizes=batch_sizes,
              quorums=quorums, steps_per_closure=args.steps_per_closure,
              processes=args.processes, ps_own_core=args.ps_own_core,
-             num_ps=args.num_ps, layers=args.layers),
+             num_ps=args.num_ps, mlp=_mlp(args)),
         timeout=len(batch_sizes) * (
             args.seconds * args.paired_rounds * configs * 2 + 300))
     affinity = windows.pop("affinity", None)

@@ -19,8 +19,10 @@ hold them are the values (`_with_values`), so the update code runs
 unchanged. This only works for optimizers whose
 per-variable update reads nothing else and writes nothing but the variable
 and its own slots: the families listed below, and no option that couples
-variables (global gradient clipping, EMA of the weights, XLA updates). Any
-other optimizer keeps the whole-update close (`unsupported_reason`).
+variables (global gradient clipping, XLA updates). The moving average of
+the weights (`use_ema`) is per variable, its averages beside their
+variables: it is cut too. Any other optimizer keeps the whole-update close
+(`unsupported_reason`).
 """
 # pylint: disable=protected-access
 import copy
@@ -84,6 +86,27 @@ def current_prepared(inner, grads_and_vars, decay):
     return list(zip(grads, variables))
 
 
+def _update_moving_averages(inner, variables):
+    """The moving average of the weights (`use_ema`) of `variables`, and
+    every `ema_overwrite_frequency` updates the variables overwritten with
+    it, the same arithmetic as tf-keras' `Optimizer`, on the step counter
+    handed over as a value."""
+    averages = [inner._model_variables_moving_average[
+        inner._index_dict[inner._var_key(var)]] for var in variables]
+    momentum = inner.ema_momentum
+    for average, var in zip(averages, variables):
+        average.assign(momentum * average + (1 - momentum) * var)
+    if not inner.ema_overwrite_frequency:
+        return
+    overwrite = (inner.iterations + 1) % inner.ema_overwrite_frequency == 0
+
+    def overwritten():
+        return tf.group([var.assign(average)
+                         for average, var in zip(averages, variables)])
+
+    tf.cond(overwrite, overwritten, tf.no_op)
+
+
 class CurrentShardApply:
     """Per-server updates of a current `tf.keras.optimizers.Optimizer`."""
 
@@ -92,8 +115,6 @@ class CurrentShardApply:
 
     def unsupported_reason(self):
         inner = self._inner
-        if inner.use_ema:
-            return "use_ema averages every variable after the update"
         if inner.jit_compile:
             return "jit_compile updates run as XLA functions"
         return _family_reason(inner, SUPPORTED_CURRENT, legacy=False)
@@ -141,7 +162,12 @@ class CurrentShardApply:
             inner, grads_and_vars, lambda var: decay_weight(inner, var))
         for grad, var in grads_and_vars:
             inner._update_step(grad, var)
-        for _, var in grads_and_vars:
+        variables = [var for _, var in grads_and_vars]
+        if inner.use_ema:
+            # As Optimizer._distributed_apply_gradients_fn, before the
+            # constraints: each average lives beside its variable.
+            _update_moving_averages(inner, variables)
+        for var in variables:
             if var.constraint is not None:
                 var.assign(var.constraint(var))
 

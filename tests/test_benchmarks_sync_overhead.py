@@ -97,15 +97,19 @@ def test_sync_overhead_paired_over_process_clusters(tmp_path, ps_own_core,
     """--processes: two clusters of real task processes (one for async and
     ps_sync, one for TF1), their CPU counted with the coordinator's; with
     --ps_own_core the PS tasks on one CPU, the rest on the others; with
-    --num_ps 2 two PS tasks per cluster."""
+    --num_ps 2 two PS tasks per cluster, and a moving average of the
+    weights (TF1's variable_averages, use_ema with the update cut per
+    server)."""
     out = str(tmp_path / "processes")
+    ema = ["--ema_momentum", "0.9"] if num_ps == 2 else []
     report = _run_ok(out, ["--workers", "2", "--seconds", "1",
                            "--paired_rounds", "1", "--quorums", "2",
                            "--batch_sizes", "8", "--processes"]
                      + (["--ps_own_core"] if ps_own_core else [])
-                     + ["--num_ps", str(num_ps)])
+                     + ["--num_ps", str(num_ps)] + ema)
     assert report["args"]["processes"] is True
     assert report["args"]["num_ps"] == num_ps
+    assert report["args"]["ema_momentum"] == (0.9 if ema else 0.0)
     affinity = report["paired"]["affinity"]
     if ps_own_core:
         ps_cpus, other_cpus = map(sorted, sync_overhead.own_core_split())
@@ -159,6 +163,8 @@ def test_sync_overhead_paired_over_process_clusters(tmp_path, ps_own_core,
      "--num_ps above 1 needs --processes"),
     (["--num_ps", "0"], "must be at least 1, got 0"),
     (["--layers", "-1"], "must be at least 0, got -1"),
+    (["--ema_momentum", "1"], "expected a number in [0, 1), got '1'"),
+    (["--ema_momentum", "x"], "expected a number in [0, 1), got 'x'"),
 ])
 def test_sync_overhead_bad_input(tmp_path, args, message):
     code, output, _ = benchmark_run.run(

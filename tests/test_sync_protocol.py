@@ -9,7 +9,8 @@ HERE = __name__
 
 def _probe_custom_loop(workers, replicas, num_ps, closures, delays=(),
                        partitioned=False, legacy=False, in_memory=None,
-                       ask_before_send_min_bytes=None, ema=False):
+                       ask_before_send_min_bytes=None, ema=False,
+                       whole=False):
     import os
     import tempfile
     import tensorflow as tf
@@ -27,10 +28,14 @@ def _probe_custom_loop(workers, replicas, num_ps, closures, delays=(),
     with strategy.scope():
         model = probe.ProbeModel(workers)
         model.build([None, 1])
-        # EMA of the weights (it leaves the weights alone) keeps the whole
-        # update in the close instead of cutting it per server.
+        # EMA of the weights leaves the weights alone. A subclass of SGD
+        # keeps the whole update in the close instead of cutting it per
+        # server (a user's own optimizer is not known to update per
+        # variable).
+        sgd_class = (type("UsersSGD", (tf.keras.optimizers.SGD,), {})
+                     if whole else tf.keras.optimizers.SGD)
         sgd = (tf.keras.optimizers.legacy.SGD(probe.LR) if legacy
-               else tf.keras.optimizers.SGD(probe.LR, use_ema=ema))
+               else sgd_class(probe.LR, use_ema=ema))
         run_dir = tempfile.mkdtemp()
         settings = ({} if ask_before_send_min_bytes is None else
                     {"ask_before_send_min_bytes": ask_before_send_min_bytes})
@@ -68,9 +73,18 @@ def _probe_custom_loop(workers, replicas, num_ps, closures, delays=(),
             "by_server": opt._by_server is not None,  # pylint: disable=W0212
             "cut": opt.sync_stats()["update_cut_per_server"],
             "shard_devices": sorted({v.device for v in model.variables}),
+            # (variable, its moving average) devices with use_ema.
+            "averages": [(v.device, sgd._model_variables_moving_average[
+                sgd._index_dict[sgd._var_key(v)]].device)
+                for v in _shards(model.trainable_variables)] if ema else [],
             # (variables summed, device) of each gradient sum.
             "sums": [(len(s.indices), s.variable.device)
                      for s in opt.protocol._sums]}  # pylint: disable=W0212
+
+
+def _shards(variables):
+    """The variables, each ShardedVariable as its shards."""
+    return [s for v in variables for s in getattr(v, "variables", [v])]
 
 
 def _protocol_placement():
@@ -110,23 +124,29 @@ def _pushes(stats):
 # A push sends without asking leave with replicas=3 of 3 (no backups) and
 # with the probe's few bytes by default; ask_before_send_min_bytes=0 makes
 # every push ask (zeros stand in for a refused gradient on both shards).
-# The update is cut per server (`shard_apply`) except with ema=True, which
-# keeps the whole update in one close spanning both servers.
-@pytest.mark.parametrize("partitioned,legacy,replicas,ask,ema", [
-    (False, False, 2, None, False), (True, True, 2, 0, False),
-    (False, False, 3, 0, False), (True, False, 2, None, True)])
+# The update is cut per server (`shard_apply`, with a moving average of the
+# weights too) except with whole=True, which keeps the whole update in one
+# close spanning both servers.
+@pytest.mark.parametrize("partitioned,legacy,replicas,ask,ema,whole", [
+    (False, False, 2, None, True, False), (True, True, 2, 0, False, False),
+    (False, False, 3, 0, False, False), (True, False, 2, None, True, True)])
 def test_every_update_is_n_fresh_pushes_from_distinct_workers(partitioned,
                                                                legacy,
                                                                replicas, ask,
-                                                               ema):
+                                                               ema, whole):
     r = fresh_interpreter.run(
         HERE + ":_probe_custom_loop",
         dict(workers=3, replicas=replicas, num_ps=2, closures=24,
              partitioned=partitioned, legacy=legacy,
-             ask_before_send_min_bytes=ask, ema=ema), timeout=240)
-    assert r["by_server"] is not ema
-    assert r["cut"] == (True if not ema else
-                        "use_ema averages every variable after the update")
+             ask_before_send_min_bytes=ask, ema=ema, whole=whole),
+        timeout=240)
+    assert r["by_server"] is not whole
+    assert r["cut"] == (True if not whole else
+                        "UsersSGD is not one of the optimizers cut per "
+                        "server (SGD, Adam, AdamW, RMSprop, Adagrad)")
+    if ema:  # each average on its variable's server
+        assert len(r["averages"]) == 3 + 2 * partitioned
+        assert all(v == a for v, a in r["averages"]), r["averages"]
     assert r["stats"]["asks_leave"] is (ask == 0 and replicas < 3)
     assert len(r["shard_devices"]) == 2  # really spread over both PS
     # One flat sum per server, so one tensor per server per push; at least
