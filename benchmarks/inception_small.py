@@ -9,7 +9,7 @@ head, the paper-era RMSProp recipe with a moving average of the weights,
 batch 32 per worker) on generated ImageNet TFRecord shards in
 tensorflow/models' format (models/imagenet_fixture.py: real JPEGs decoded
 and preprocessed by the Inception pipeline), under the launcher: 1 chief,
-1 PS, W worker processes, no injected stragglers. Variants on the same W
+1 PS (`--num_ps`), W worker processes, no injected stragglers. Variants on the same W
 workers, one after the other in this invocation:
   async    plain ParameterServerStrategy
   sync_b0  SyncReplicasWithBackups, N = W
@@ -35,9 +35,9 @@ Measured:
 `--model small_cnn --image_size 16` runs the same pipeline with a network
 that traces in seconds (the smoke test does; tracing Inception alone takes
 minutes on 2 shared cores).
-The simulator (ps_sync/simulator.py, another branch) is where predictions
-for 50/100/200 workers belong; `compute_s_samples` in the JSON is this
-run's measured compute-time distribution for it.
+`compute_s_samples` in the JSON is this run's measured compute-time
+distribution: `benchmarks.paper_scale_sim --measured` resamples it for the
+paper's 50/100/200-worker configurations.
 """
 from benchmarks import common  # first: pins Keras 2 before TensorFlow
 
@@ -108,6 +108,7 @@ def run_variant(args, name, mode, n):
     updates = max(2, args.train_pushes // (n if mode == "sync" else 1))
     every = max(1, args.eval_every // (n if mode == "sync" else 1))
     spec = common.base_spec("inception-%s" % name, args.workers, n,
+                            ps=args.num_ps,
                             keepalive_ms=args.grpc_keepalive_ms)
     flags = ["--mode=%s" % mode, "--model=%s" % args.model,
              "--dataset=imagenet_tfrecord", "--data_dir=%s" % args.data_dir,
@@ -123,6 +124,7 @@ def run_variant(args, name, mode, n):
     ups, pps = steady_rates(s["eval_history"], r["run_dir"], sync)
     out = {"variant": name, "mode": mode, "model": args.model,
            "replicas_to_aggregate": n if sync else 1, "workers": args.workers,
+           "num_ps": args.num_ps,
            "updates": s["updates"], "train_time_s": s["train_time_s"],
            "program_time_s": s["program_time_s"],
            "wall_s": round(r["wall_s"], 1),
@@ -176,6 +178,8 @@ def parse_args(argv):
         "sync protocol's share of step time.")
     p.add_argument("--workers", type=common.positive_int, default=3)
     p.add_argument("--variants", default="async,sync_b0,sync_b1")
+    p.add_argument("--num_ps", type=common.positive_int, default=1,
+                   help="parameter servers (the variables spread over them)")
     p.add_argument("--model", default="inception_v3_small",
                    choices=["inception_v3_small", "inception_v3",
                             "small_cnn"])
@@ -246,11 +250,7 @@ def main(argv=None):
               "args": {k: v for k, v in vars(args).items()
                        if k != "variant_table"},
               "machine": common.machine_end(machine), "results": results,
-              "ratios": ratios,
-              "simulator_predictions": None,
-              "simulator_todo": "ps_sync/simulator.py (another branch) "
-              "should predict 50/100/200-worker step times from "
-              "results[*].protocol.compute_s_samples"}
+              "ratios": ratios}
     path = common.write_report(args.out, report)
     plot(results, args.out + ".png")
     for k, v in ratios.items():
