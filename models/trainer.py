@@ -143,6 +143,14 @@ class _Run:
         return (self.diverged is not None
                 and len(self.rollbacks) < self.config.max_rollbacks)
 
+    def save_good(self, update):
+        """Save the weights a rollback restores, while one still can: each
+        save reads every variable through the coordinator under the hold
+        (4 s for inception_v3_small), so none with --max_rollbacks=0 or
+        once they are used up."""
+        if len(self.rollbacks) < self.config.max_rollbacks:
+            checkpointing.save(self.good, update)
+
     def another_fit_pending(self):
         return self.rollback_pending() or self.resize_pending
 
@@ -203,7 +211,7 @@ class _IntervalCallback(tf.keras.callbacks.Callback):
             self.model.stop_training = True
             return
         if verdict.healthy:
-            checkpointing.save(run.good, updates)
+            run.save_good(updates)
         _maybe_inject_divergence(run, updates)
         if updates >= run.config.target_updates:
             self.model.stop_training = True  # on_train_end evaluates
@@ -389,7 +397,7 @@ def train(config, strategy, run_dir):
     run.good = tf.train.CheckpointManager(
         checkpoint, os.path.join(run_dir, "checkpoints", "good"),
         max_to_keep=1, step_counter=optimizer.iterations)
-    checkpointing.save(run.good, start_update)  # what a rollback reaches
+    run.save_good(start_update)  # what a rollback reaches
     if start_update == 0:
         run.evaluate(0, 0.0)
     if start_update >= config.target_updates:

@@ -19,9 +19,10 @@ hold them are the values (`_with_values`), so the update code runs
 unchanged. This only works for optimizers whose
 per-variable update reads nothing else and writes nothing but the variable
 and its own slots: the families listed below, and no option that couples
-variables (global gradient clipping, XLA updates). The moving average of
-the weights (`use_ema`) is per variable, its averages beside their
-variables: it is cut too. Any other optimizer keeps the whole-update close
+variables (global gradient clipping). The moving average of the weights
+(`use_ema`) is per variable, its averages beside their variables, and an
+XLA update (`jit_compile`, which tf-keras turns on where the coordinator
+sees a GPU) is compiled per variable: both are cut too. Any other optimizer keeps the whole-update close
 (`unsupported_reason`).
 """
 # pylint: disable=protected-access
@@ -114,10 +115,7 @@ class CurrentShardApply:
         self._inner = inner
 
     def unsupported_reason(self):
-        inner = self._inner
-        if inner.jit_compile:
-            return "jit_compile updates run as XLA functions"
-        return _family_reason(inner, SUPPORTED_CURRENT, legacy=False)
+        return _family_reason(self._inner, SUPPORTED_CURRENT, legacy=False)
 
     def read_scalars(self):
         """The scalar variables the updates read besides the step counter
@@ -161,7 +159,10 @@ class CurrentShardApply:
         grads_and_vars = current_prepared(
             inner, grads_and_vars, lambda var: decay_weight(inner, var))
         for grad, var in grads_and_vars:
-            inner._update_step(grad, var)
+            if inner.jit_compile:  # as the whole update: XLA per variable
+                inner._update_step_xla(grad, var, id(inner._var_key(var)))
+            else:
+                inner._update_step(grad, var)
         variables = [var for _, var in grads_and_vars]
         if inner.use_ema:
             # As Optimizer._distributed_apply_gradients_fn, before the

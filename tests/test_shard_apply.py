@@ -9,6 +9,15 @@ import tensorflow as tf
 from ps_sync.optimizer import SyncReplicasWithBackups
 from tests.test_optimizer_wrapper import FAMILIES
 
+
+
+def _xla(optimizer):
+    """tf-keras compiles the update with XLA (`jit_compile`) only where it
+    finds a GPU; forced here."""
+    optimizer.jit_compile = True
+    return optimizer
+
+
 CUT = dict(FAMILIES)
 CUT.update({
     "adamw": lambda: tf.keras.optimizers.AdamW(0.01, weight_decay=0.1),
@@ -22,6 +31,9 @@ CUT.update({
     "ema_overwrite_sgd": lambda: tf.keras.optimizers.SGD(
         0.1, momentum=0.5, use_ema=True, ema_momentum=0.5,
         ema_overwrite_frequency=2),
+    "xla_adam": lambda: _xla(tf.keras.optimizers.Adam(0.01)),
+    "xla_ema_sgd": lambda: _xla(tf.keras.optimizers.SGD(
+        0.1, momentum=0.5, use_ema=True, ema_momentum=0.9)),
     "legacy_adagrad": lambda: tf.keras.optimizers.legacy.Adagrad(0.1),
     "legacy_decay_sgd": lambda: tf.keras.optimizers.legacy.SGD(
         0.1, momentum=0.5, decay=0.3),

@@ -10,7 +10,7 @@ HERE = __name__
 def _probe_custom_loop(workers, replicas, num_ps, closures, delays=(),
                        partitioned=False, legacy=False, in_memory=None,
                        ask_before_send_min_bytes=None, ema=False,
-                       whole=False):
+                       whole=False, jit=False):
     import os
     import tempfile
     import tensorflow as tf
@@ -36,6 +36,8 @@ def _probe_custom_loop(workers, replicas, num_ps, closures, delays=(),
                      if whole else tf.keras.optimizers.SGD)
         sgd = (tf.keras.optimizers.legacy.SGD(probe.LR) if legacy
                else sgd_class(probe.LR, use_ema=ema))
+        if jit:  # XLA updates, as tf-keras sets where it sees a GPU
+            sgd.jit_compile = True
         run_dir = tempfile.mkdtemp()
         settings = ({} if ask_before_send_min_bytes is None else
                     {"ask_before_send_min_bytes": ask_before_send_min_bytes})
@@ -72,6 +74,7 @@ def _probe_custom_loop(workers, replicas, num_ps, closures, delays=(),
             "stats": opt.sync_stats(), "state": state,
             "by_server": opt._by_server is not None,  # pylint: disable=W0212
             "cut": opt.sync_stats()["update_cut_per_server"],
+            "jit": bool(getattr(sgd, "jit_compile", False)),
             "shard_devices": sorted({v.device for v in model.variables}),
             # (variable, its moving average) devices with use_ema.
             "averages": [(v.device, sgd._model_variables_moving_average[
@@ -105,6 +108,51 @@ def _protocol_placement():
             "model_var": model_var.device}
 
 
+def _one_device_check():
+    import tensorflow as tf
+    from ps_sync import protocol
+
+    tf.config.set_logical_device_configuration(
+        tf.config.list_physical_devices("CPU")[0],
+        [tf.config.LogicalDeviceConfiguration()] * 2)
+    with tf.device("/cpu:0"):
+        here = tf.Variable(1.0)
+    with tf.device("/cpu:1"):
+        there = tf.Variable(2.0)
+    verdicts = {}
+    for name, var in (("here", here), ("there", there)):
+        @tf.function
+        def branch_reading(var=var, name=name):
+            graph = tf.compat.v1.get_default_graph()
+            before = len(graph.get_operations())
+            with tf.device(here.device):
+                # The variable read two function graphs down.
+                protocol._kept_functional(lambda: tf.cond(
+                    tf.constant(True), lambda: tf.cond(
+                        tf.constant(True), lambda: var.assign_add(1.0),
+                        var.read_value), lambda: tf.constant(0.0)))
+            try:
+                protocol._check_one_device(graph.get_operations()[before:],
+                                           here.device)
+                verdicts[name] = None
+            except ValueError as e:
+                verdicts[name] = str(e)
+
+        branch_reading.get_concrete_function()
+    return {"verdicts": verdicts, "there": there.device}
+
+
+def test_a_branch_reading_another_devices_resource_is_refused():
+    """The per-server cut's guard: a functional If placed on one server
+    whose branches read a variable of another would fail obscurely at run
+    time."""
+    r = fresh_interpreter.run(HERE + ":_one_device_check", timeout=120)
+    assert r["verdicts"]["here"] is None
+    refused = r["verdicts"]["there"]
+    assert "reads a resource on %s" % r["there"] in refused
+    assert "cannot be cut per parameter server" in refused
+
+
 def test_protocol_state_sits_beside_the_global_step():
     """Every push reads the global step inside the critical section: on
     another PS each read was a round trip under the lock (2 PS, 3 workers:
@@ -124,27 +172,31 @@ def _pushes(stats):
 # A push sends without asking leave with replicas=3 of 3 (no backups) and
 # with the probe's few bytes by default; ask_before_send_min_bytes=0 makes
 # every push ask (zeros stand in for a refused gradient on both shards).
-# The update is cut per server (`shard_apply`, with a moving average of the
-# weights too) except with whole=True, which keeps the whole update in one
-# close spanning both servers.
-@pytest.mark.parametrize("partitioned,legacy,replicas,ask,ema,whole", [
-    (False, False, 2, None, True, False), (True, True, 2, 0, False, False),
-    (False, False, 3, 0, False, False), (True, False, 2, None, True, True)])
-def test_every_update_is_n_fresh_pushes_from_distinct_workers(partitioned,
-                                                               legacy,
-                                                               replicas, ask,
-                                                               ema, whole):
+# The update is cut per server (`shard_apply`; with a moving average of
+# the weights and with XLA too) except with whole=True, which keeps the
+# whole update in one close spanning both servers.
+@pytest.mark.parametrize("case", [
+    dict(replicas=2, ema=True), dict(partitioned=True, legacy=True,
+                                     replicas=2, ask=0),
+    dict(replicas=3, ask=0, jit=True),
+    dict(partitioned=True, replicas=2, ema=True, whole=True)],
+    ids=["ema", "partitioned-legacy-ask", "no-backup-ask-xla", "whole-ema"])
+def test_every_update_is_n_fresh_pushes_from_distinct_workers(case):
+    replicas, ask = case["replicas"], case.get("ask")
+    partitioned, whole = case.get("partitioned", False), case.get("whole")
     r = fresh_interpreter.run(
         HERE + ":_probe_custom_loop",
         dict(workers=3, replicas=replicas, num_ps=2, closures=24,
-             partitioned=partitioned, legacy=legacy,
-             ask_before_send_min_bytes=ask, ema=ema, whole=whole),
+             partitioned=partitioned, legacy=case.get("legacy", False),
+             ask_before_send_min_bytes=ask, ema=case.get("ema", False),
+             whole=bool(whole), jit=case.get("jit", False)),
         timeout=240)
-    assert r["by_server"] is not whole
+    assert r["by_server"] is not bool(whole)
     assert r["cut"] == (True if not whole else
                         "UsersSGD is not one of the optimizers cut per "
                         "server (SGD, Adam, AdamW, RMSprop, Adagrad)")
-    if ema:  # each average on its variable's server
+    assert r["jit"] is case.get("jit", False)
+    if case.get("ema"):  # each average on its variable's server
         assert len(r["averages"]) == 3 + 2 * partitioned
         assert all(v == a for v, a in r["averages"]), r["averages"]
     assert r["stats"]["asks_leave"] is (ask == 0 and replicas < 3)

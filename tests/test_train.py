@@ -70,6 +70,9 @@ def test_sync_run_end_to_end(tmp_path):
     assert code == 0, err[-3000:]
     s = load_summary(run_dir)
     assert_common(s, run_dir, out, 30)
+    # The weights a rollback would restore (3 rollbacks by default).
+    assert "checkpoint" in os.listdir(
+        os.path.join(run_dir, "checkpoints", "good"))
     # One interval of 60 worker steps applies about 20 updates (a third of
     # the pushes are dropped); a second one would end near 40. The chief
     # sizes a last fit to the 10 or so that remain instead ("auto" would
@@ -114,7 +117,7 @@ def test_async_run_end_to_end(tmp_path):
     code, out, err = run_train(
         ["--mode=async", "--local_cluster_workers=2", "--train_updates=60",
          "--eval_every_updates=30", "--progress_every_s=1",
-         "--run_dir=" + run_dir], timeout=140)
+         "--max_rollbacks=0", "--run_dir=" + run_dir], timeout=140)
     assert code == 0, err[-3000:]
     s = load_summary(run_dir)
     assert_common(s, run_dir, out, 60)
@@ -123,6 +126,9 @@ def test_async_run_end_to_end(tmp_path):
     assert s["per_worker"] is None and s["sync_stats"] is None
     assert sorted(s["plots"]) == ["accuracy"]
     assert not os.path.exists(os.path.join(run_dir, "pushes.jsonl"))
+    # No rollback can happen: no weights saved for one.
+    good = os.path.join(run_dir, "checkpoints", "good")
+    assert not os.path.exists(good) or not os.listdir(good)
 
 
 @pytest.mark.timeout(150)
