@@ -22,8 +22,8 @@ and its own slots: the families listed below, and no option that couples
 variables (global gradient clipping). The moving average of the weights
 (`use_ema`) is per variable, its averages beside their variables, and an
 XLA update (`jit_compile`, which tf-keras turns on where the coordinator
-sees a GPU) is compiled per variable: both are cut too. Any other optimizer keeps the whole-update close
-(`unsupported_reason`).
+sees a GPU) is compiled per variable: both are cut too. Any other
+optimizer keeps the whole-update close (`unsupported_reason`).
 """
 # pylint: disable=protected-access
 import copy
