@@ -9,8 +9,8 @@ head, the paper-era RMSProp recipe with a moving average of the weights,
 batch 32 per worker) on generated ImageNet TFRecord shards in
 tensorflow/models' format (models/imagenet_fixture.py: real JPEGs decoded
 and preprocessed by the Inception pipeline), under the launcher: 1 chief,
-1 PS (`--num_ps`), W worker processes, no injected stragglers. Variants on the same W
-workers, one after the other in this invocation:
+1 PS (`--num_ps`), W worker processes, no injected stragglers. Variants on
+the same W workers, one after the other in this invocation:
   async    plain ParameterServerStrategy
   sync_b0  SyncReplicasWithBackups, N = W
   sync_b1  N = W - 1, one backup

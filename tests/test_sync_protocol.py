@@ -183,15 +183,16 @@ def _pushes(stats):
     ids=["ema", "partitioned-legacy-ask", "no-backup-ask-xla", "whole-ema"])
 def test_every_update_is_n_fresh_pushes_from_distinct_workers(case):
     replicas, ask = case["replicas"], case.get("ask")
-    partitioned, whole = case.get("partitioned", False), case.get("whole")
+    partitioned = case.get("partitioned", False)
+    whole = case.get("whole", False)
     r = fresh_interpreter.run(
         HERE + ":_probe_custom_loop",
         dict(workers=3, replicas=replicas, num_ps=2, closures=24,
              partitioned=partitioned, legacy=case.get("legacy", False),
              ask_before_send_min_bytes=ask, ema=case.get("ema", False),
-             whole=bool(whole), jit=case.get("jit", False)),
+             whole=whole, jit=case.get("jit", False)),
         timeout=240)
-    assert r["by_server"] is not bool(whole)
+    assert r["by_server"] is not whole
     assert r["cut"] == (True if not whole else
                         "UsersSGD is not one of the optimizers cut per "
                         "server (SGD, Adam, AdamW, RMSprop, Adagrad)")
