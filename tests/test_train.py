@@ -111,6 +111,41 @@ def test_sync_run_end_to_end(tmp_path):
         assert os.path.exists(os.path.join(run_dir, name)), name
 
 
+def train_losses(tensorboard_dir):
+    """{update: the train/loss scalar written at the end of an interval}."""
+    import glob
+    import tensorflow as tf
+    losses = {}
+    for path in glob.glob(os.path.join(tensorboard_dir, "events*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag == "train/loss":
+                    losses[event.step] = float(
+                        tf.make_ndarray(value.tensor))
+    return losses
+
+
+@pytest.mark.timeout(150)
+def test_a_new_fit_trains_on_from_the_weights_not_their_averages(tmp_path):
+    """tf-keras' fit puts the moving averages in place of the weights at
+    its end (`use_ema`); before a resized last fit that reset training to
+    averages of momentum 0.9999, nearly the initial weights (the second
+    fit's loss went back from 1.38 to 2.16)."""
+    run_dir = str(tmp_path / "run")
+    code, out, err = run_train(
+        ["--local_cluster_workers=3", "--replicas_to_aggregate=2",
+         "--train_updates=30", "--eval_every_updates=30",
+         "--resize_last_interval=always", "--ema_momentum=0.9999",
+         "--run_dir=" + run_dir], timeout=140)
+    assert code == 0, err[-3000:]
+    assert "worker steps per update measured: a new fit" in out
+    s = load_summary(run_dir)
+    losses = train_losses(s["tensorboard_dir"])
+    first, *later = [losses[u] for u in sorted(losses)]
+    assert later, losses  # at least one more fit
+    assert all(loss < first for loss in later), losses
+
+
 @pytest.mark.timeout(150)
 def test_async_run_end_to_end(tmp_path):
     run_dir = str(tmp_path / "run")
