@@ -22,11 +22,13 @@ EVAL_FILE = "eval.jsonl"
 
 def moving_average_weights(model, optimizer):
     """model.get_weights() with each trainable variable replaced by its
-    moving average, if the optimizer keeps one (tf-keras `use_ema`)."""
+    moving average, if the optimizer keeps one (tf-keras `use_ema`; the
+    averages, not the flag: the trainer turns the flag off at a fit's end
+    so that tf-keras leaves the weights alone)."""
     weights = model.get_weights()
     inner = getattr(optimizer, "inner_optimizer", optimizer)
     averages = getattr(inner, "_model_variables_moving_average", None)
-    if not getattr(inner, "use_ema", False) or not averages:
+    if not averages:
         return weights
     trainable = {id(v) for v in model.trainable_variables}
     out = []

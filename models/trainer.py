@@ -152,13 +152,16 @@ class _Run:
         if len(self.rollbacks) < self.config.max_rollbacks:
             checkpointing.save(self.good, update)
 
-    def keep_weights_for_the_next_fit(self):
+    def keep_weights_at_the_fit_end(self):
         """tf-keras' fit ends by putting the moving averages in place of the
-        weights (`finalize_variable_values` with `use_ema`): right after the
-        last fit, wrong before another, which then trained on from the
-        averages (momentum 0.9999: the train loss went from 1.38 back to
-        2.16 after a resize). Averaging is off until `_fit` turns it back
-        on, after the fit and before the next one traces anything."""
+        weights (`finalize_variable_values` with `use_ema`). A fit another
+        follows then trained on from the averages (momentum 0.9999: the
+        train loss went from 1.38 back to 2.16 after a resize), and the
+        last fit's checkpoint held them as the weights, for a restarted
+        chief to train on from. The weights stay the weights here and the
+        averages stay in the optimizer; evaluations read them there. Off
+        from the last interval's end until `_fit` turns it back on, after
+        the fit and before the next one traces anything."""
         inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
         if getattr(inner, "use_ema", False):
             inner.use_ema = False
@@ -193,8 +196,8 @@ class _Run:
         return record
 
     def finish(self):
-        """Close the telemetry and evaluate the final weights (with a moving
-        average, Keras has already put the averages in the model)."""
+        """Close the telemetry and evaluate the final weights (their moving
+        averages, if the optimizer keeps them)."""
         if self.fit_start is not None:
             self.train_time = time.time() - self.fit_start
         if self.monitor is not None:
@@ -218,6 +221,14 @@ class _IntervalCallback(tf.keras.callbacks.Callback):
         self.start_update = run.updates()
 
     def on_epoch_end(self, epoch, logs=None):
+        try:
+            self._interval_end(epoch, logs)
+        finally:
+            last = (self.params or {}).get("epochs", epoch + 1)
+            if self.model.stop_training or epoch + 1 >= last:
+                self.run.keep_weights_at_the_fit_end()
+
+    def _interval_end(self, epoch, logs):
         run = self.run
         updates = run.updates()
         run.writer.scalars(
@@ -244,7 +255,6 @@ class _IntervalCallback(tf.keras.callbacks.Callback):
                              run.config.target_updates, run.resizes,
                              _fit_timing(run)):
                 run.resize_pending = True
-                run.keep_weights_for_the_next_fit()
                 self.model.stop_training = True
 
     def on_train_end(self, logs=None):
