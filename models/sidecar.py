@@ -2,8 +2,10 @@
 
 A spec with `"evaluator": 1` runs the training program a second time with
 task type `evaluator`, outside the training cluster. It restores the model
-part of each new checkpoint in <run_dir>/checkpoints into a local model,
-evaluates it on the held-out set and appends the result to
+part of each new checkpoint in <run_dir>/checkpoints into a local model
+(with a recipe that keeps a moving average of the weights, the averages
+from the optimizer's part, as the chief evaluates them), evaluates it on
+the held-out set and appends the result to
 <run_dir>/eval_sidecar.jsonl (with `saved_at`, the checkpoint's write time),
 until the chief has written summary.json and the newest checkpoint has been
 evaluated. Only the newest checkpoint at each look is evaluated. The
@@ -16,7 +18,7 @@ from ps_sync import keras_env  # noqa: F401
 
 import tensorflow as tf
 
-from models import datasets, evaluation
+from models import datasets, evaluation, recipes
 
 SIDECAR_FILE = "eval_sidecar.jsonl"
 
@@ -33,7 +35,12 @@ def run(config, run_dir, done_file, poll_s=2.0, say=print):
         datasets.eval_dataset(config.dataset, config.eval_batch_size,
                               config.data_dir, config.image_size),
         run_dir, history_file=SIDECAR_FILE)
-    checkpoint = tf.train.Checkpoint(model=evaluator.model)
+    parts = {"model": evaluator.model}
+    if config.recipe.ema_momentum > 0:
+        # Only for its averages; the update schedule does not matter here.
+        parts["optimizer"] = recipes.make_optimizer(config.recipe, 1)
+        parts["optimizer"].build(evaluator.model.trainable_variables)
+    checkpoint = tf.train.Checkpoint(**parts)
     directory = os.path.join(run_dir, "checkpoints")
     started = time.time()
 
@@ -51,8 +58,10 @@ def run(config, run_dir, done_file, poll_s=2.0, say=print):
         # When the weights existed: the save, not this (later) evaluation.
         saved_at = os.path.getmtime(path + ".index")
         checkpoint.restore(path).expect_partial()
-        record = evaluator.evaluate(evaluator.model.get_weights(), update,
-                                    time.time() - started, saved_at=saved_at)
+        weights = evaluation.moving_average_weights(
+            evaluator.model, parts.get("optimizer"))
+        record = evaluator.evaluate(weights, update, time.time() - started,
+                                    saved_at=saved_at)
         seen.add(update)
         say("evaluator: %s | precision@1 %.4f precision@5 %.4f"
             % (os.path.basename(path), record["top1"], record["top5"]))
