@@ -59,14 +59,18 @@ def assert_common(summary, run_dir, stdout, target):
     assert "progress: update" in stdout
 
 
+# N=2 of 3 with a last fit resized to what remains after the first.
+RESIZED_SYNC_RUN = ["--local_cluster_workers=3", "--replicas_to_aggregate=2",
+                    "--train_updates=30", "--eval_every_updates=30",
+                    "--resize_last_interval=always"]
+
+
 @pytest.mark.timeout(150)
 def test_sync_run_end_to_end(tmp_path):
     run_dir = str(tmp_path / "run")
     code, out, err = run_train(
-        ["--local_cluster_workers=3", "--replicas_to_aggregate=2",
-         "--train_updates=30", "--eval_every_updates=30",
-         "--resize_last_interval=always", "--progress_every_s=1",
-         "--run_dir=" + run_dir], timeout=140)
+        RESIZED_SYNC_RUN + ["--progress_every_s=1", "--run_dir=" + run_dir],
+        timeout=140)
     assert code == 0, err[-3000:]
     s = load_summary(run_dir)
     assert_common(s, run_dir, out, 30)
@@ -133,10 +137,8 @@ def test_a_new_fit_trains_on_from_the_weights_not_their_averages(tmp_path):
     fit's loss went back from 1.38 to 2.16)."""
     run_dir = str(tmp_path / "run")
     code, out, err = run_train(
-        ["--local_cluster_workers=3", "--replicas_to_aggregate=2",
-         "--train_updates=30", "--eval_every_updates=30",
-         "--resize_last_interval=always", "--ema_momentum=0.9999",
-         "--run_dir=" + run_dir], timeout=140)
+        RESIZED_SYNC_RUN + ["--ema_momentum=0.9999", "--run_dir=" + run_dir],
+        timeout=140)
     assert code == 0, err[-3000:]
     assert "worker steps per update measured: a new fit" in out
     s = load_summary(run_dir)
