@@ -16,6 +16,7 @@ import ps_sync.keras_env  # noqa: F401
 import tensorflow as tf
 
 from models import registry
+from ps_sync import shard_apply
 
 EVAL_FILE = "eval.jsonl"
 
@@ -27,18 +28,12 @@ def moving_average_weights(model, optimizer):
     so that tf-keras leaves the weights alone)."""
     weights = model.get_weights()
     inner = getattr(optimizer, "inner_optimizer", optimizer)
-    averages = getattr(inner, "_model_variables_moving_average", None)
-    if not averages:
-        return weights
     trainable = {id(v) for v in model.trainable_variables}
     out = []
     for var, value in zip(model.weights, weights):
-        if id(var) in trainable:
-            # tf-keras keeps one average per variable, indexed by var key.
-            # pylint: disable-next=protected-access
-            index = inner._index_dict[inner._var_key(var)]
-            value = averages[index].numpy()
-        out.append(value)
+        average = (shard_apply.moving_average(inner, var)
+                   if id(var) in trainable else None)
+        out.append(value if average is None else average.numpy())
     return out
 
 

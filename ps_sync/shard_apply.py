@@ -87,13 +87,21 @@ def current_prepared(inner, grads_and_vars, decay):
     return list(zip(grads, variables))
 
 
+def moving_average(inner, var):
+    """The moving average tf-keras keeps of `var` (`use_ema`; one per
+    variable, indexed by its key), or None if it keeps none."""
+    averages = getattr(inner, "_model_variables_moving_average", None)
+    if not averages:
+        return None
+    return averages[inner._index_dict[inner._var_key(var)]]
+
+
 def _update_moving_averages(inner, variables):
     """The moving average of the weights (`use_ema`) of `variables`, and
     every `ema_overwrite_frequency` updates the variables overwritten with
     it, the same arithmetic as tf-keras' `Optimizer`, on the step counter
     handed over as a value."""
-    averages = [inner._model_variables_moving_average[
-        inner._index_dict[inner._var_key(var)]] for var in variables]
+    averages = [moving_average(inner, var) for var in variables]
     momentum = inner.ema_momentum
     for average, var in zip(averages, variables):
         average.assign(momentum * average + (1 - momentum) * var)

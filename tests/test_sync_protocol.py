@@ -16,6 +16,7 @@ def _probe_custom_loop(workers, replicas, num_ps, closures, delays=(),
     import tensorflow as tf
     from ps_sync import telemetry
     from ps_sync.optimizer import SyncReplicasWithBackups
+    from ps_sync.shard_apply import moving_average
     from ps_sync.testing import inprocess_cluster
     from tests import probe
 
@@ -77,9 +78,9 @@ def _probe_custom_loop(workers, replicas, num_ps, closures, delays=(),
             "jit": bool(getattr(sgd, "jit_compile", False)),
             "shard_devices": sorted({v.device for v in model.variables}),
             # (variable, its moving average) devices with use_ema.
-            "averages": [(v.device, sgd._model_variables_moving_average[
-                sgd._index_dict[sgd._var_key(v)]].device)
-                for v in _shards(model.trainable_variables)] if ema else [],
+            "averages": [(v.device, moving_average(sgd, v).device)
+                         for v in _shards(model.trainable_variables)]
+            if ema else [],
             # (variables summed, device) of each gradient sum.
             "sums": [(len(s.indices), s.variable.device)
                      for s in opt.protocol._sums]}  # pylint: disable=W0212
