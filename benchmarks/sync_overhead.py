@@ -58,7 +58,8 @@ Any mode with a model of many variables (50 extra 64x64 layers: 102
 variables), as real models have: a push of async or TF1 moves one gradient
 per variable, each its own transfer. `--ema_momentum 0.9999`: every
 optimizer keeps the moving average of the weights the Inception recipe
-keeps.
+keeps. `--optimizer inception`: every optimizer is the Inception
+recipe's RMSProp on its decaying rate instead of SGD.
 """
 from benchmarks import common  # first: pins Keras 2 before TensorFlow
 
@@ -161,7 +162,7 @@ class _Tf1Sync:
             averages = (v1.train.ExponentialMovingAverage(mlp["ema"], step)
                         if mlp.get("ema") else None)
             opt = v1.train.SyncReplicasOptimizer(
-                v1.train.GradientDescentOptimizer(0.01),
+                _tf1_optimizer(v1, mlp, step),
                 replicas_to_aggregate=workers, total_num_replicas=workers,
                 variable_averages=averages,
                 variables_to_average=variables if averages else None)
@@ -206,6 +207,40 @@ def _tf1_sync(workers, seconds, batch, mlp=None):
     return _Tf1Sync(workers, batch, mlp=mlp).window(seconds)
 
 
+OPTIMIZERS = ("sgd", "inception")
+# The Inception recipe's staircase decay, every this many updates: a
+# schedule, so its current rate is shown as the recipe's is.
+DECAY_UPDATES = 1000
+
+
+def _optimizer(mlp):
+    """The tf-keras optimizer of --optimizer and --ema_momentum: SGD(0.01),
+    or the Inception recipe's RMSProp on its decaying rate."""
+    import dataclasses
+    from models import recipes
+
+    ema = mlp.get("ema", 0.0)
+    if mlp.get("optimizer", "sgd") == "sgd":
+        recipe = recipes.Recipe(optimizer="sgd", learning_rate=0.01)
+    else:
+        recipe = dataclasses.replace(recipes.INCEPTION,
+                                     lr_decay_epochs=1.0)
+    return recipes.make_optimizer(
+        dataclasses.replace(recipe, ema_momentum=ema), DECAY_UPDATES)
+
+
+def _tf1_optimizer(v1, mlp, step):
+    """TF1's counterpart of `_optimizer`."""
+    if mlp.get("optimizer", "sgd") == "sgd":
+        return v1.train.GradientDescentOptimizer(0.01)
+    from models import recipes
+    r = recipes.INCEPTION
+    rate = v1.train.exponential_decay(r.learning_rate, step, DECAY_UPDATES,
+                                      r.lr_decay_rate, staircase=True)
+    return v1.train.RMSPropOptimizer(rate, decay=r.rmsprop_decay,
+                                     momentum=r.momentum, epsilon=r.epsilon)
+
+
 def _build(strategy, coordinator, workers, batch, mode, replicas,
            steps_per_closure, mlp=None):
     """The model, optimizer and scheduled step function of one TF2
@@ -218,11 +253,9 @@ def _build(strategy, coordinator, workers, batch, mode, replicas,
         variables = [tf.Variable(tf.random.normal(shape) * 0.1,
                                  name="v%d" % k)
                      for k, shape in enumerate(_shapes(mlp))]
-        ema = mlp.get("ema", 0.0)
-        sgd = tf.keras.optimizers.SGD(0.01, use_ema=ema > 0,
-                                      ema_momentum=ema or 0.99)
-        opt = (sgd if mode == "async"
-               else SyncReplicasWithBackups(sgd, replicas, workers))
+        inner = _optimizer(mlp)
+        opt = (inner if mode == "async"
+               else SyncReplicasWithBackups(inner, replicas, workers))
         pushes = tf.Variable(tf.constant(0, tf.int64), name="pushes")
 
     @tf.function
@@ -530,7 +563,8 @@ def _ratios(results):
 
 
 def _mlp(args):
-    return {"layers": args.layers, "ema": args.ema_momentum}
+    return {"layers": args.layers, "ema": args.ema_momentum,
+            "optimizer": args.optimizer}
 
 
 def main(argv=None):
@@ -574,6 +608,13 @@ def main(argv=None):
                         "weights with this momentum, as the Inception "
                         "recipe (0.9999): use_ema in TF2, TF1's "
                         "variable_averages (default 0: none)")
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd",
+                        help="sgd: SGD(0.01); inception: the Inception "
+                        "recipe's RMSProp (rho 0.9, momentum 0.9, epsilon "
+                        "1.0, two slots a variable) on its rate 0.045 "
+                        "decayed x0.94 every %d updates, TF1's "
+                        "RMSPropOptimizer on exponential_decay alike"
+                        % DECAY_UPDATES)
     parser.add_argument("--out", default="benchmarks/results/sync_overhead")
     args = parser.parse_args(argv)
     if args.workers < 2:

@@ -152,6 +152,11 @@ def _check_one_device(ops, device):
                 "parameter server" % (device, where, t.name))
 
 
+def _canonical(device):
+    return None if device is None else tf.DeviceSpec.from_string(
+        device).to_string()
+
+
 def _tensors(grads):
     """The tensors of `grads`, IndexedSlices taken apart."""
     return [t for g in grads for t in (
@@ -553,12 +558,42 @@ class SyncProtocol(tf.Module):
         apply its share of the update and clear them. Returns one token per
         server, ready once its branch is done (or skipped)."""
         begin = self.apply_seq.assign_add(tf.cast(closes, tf.int64))
+        # Everything a server needs from under the lock in one vector, one
+        # transfer per server: [realigned, admitted, closes, count, step,
+        # the schedule's rate at step (its float64 bits), if any].
+        rate = by_server.current_rate(step)
         with tf.control_dependencies([begin]):
-            code = tf.stack([tf.cast(realigned, tf.int32),
-                             tf.cast(admitted, tf.int32),
-                             tf.cast(closes, tf.int32), count])
-        values = by_server.scalar_values(step, read)
-        recorded = by_server.record(values)
+            code = tf.stack(
+                [tf.cast(x, tf.int64)
+                 for x in (realigned, admitted, closes, count, step)]
+                + ([] if rate is None else
+                   [tf.bitcast(tf.cast(rate, tf.float64), tf.int64)]))
+        if read is None:
+            read = by_server.read_scalars()
+
+        def values(local):
+            return by_server.scalar_values(
+                local[4], read, rate=(None if rate is None
+                                      else tf.bitcast(local[5], tf.float64)))
+
+        # The update's other writes (a schedule's current rate) are made by
+        # a close, in the branch of the server they live on (written on
+        # every push, under the lock, they were one more write there, often
+        # on another server), or in a branch of their own on a server that
+        # holds no sums.
+        records_on = _canonical(by_server.record_device())
+        recorded = []
+        if records_on is not None and records_on not in map(_canonical,
+                                                             self._shards):
+            with tf.device(records_on), tf.control_dependencies(None):
+                local = tf.identity(code)
+
+                def record():
+                    with tf.control_dependencies(
+                            by_server.record(values(local))):
+                        return tf.constant(True)
+                recorded.append(_kept_functional(lambda: tf.cond(
+                    local[2] > 0, record, lambda: tf.constant(False))))
         done = []
         graph = tf.compat.v1.get_default_graph()
         for device, indices in self._shards.items():
@@ -567,17 +602,22 @@ class SyncProtocol(tf.Module):
             # section's own control edge, one transfer less per server.
             with tf.device(device), tf.control_dependencies(None):
                 local = tf.identity(code)  # one transfer per server
-                branch = functools.partial(self._server_step, indices, local,
-                                           grads, by_server, values)
+                branch = functools.partial(
+                    self._server_step, indices, local, grads, by_server,
+                    functools.partial(values, local),
+                    records=_canonical(device) == records_on)
                 done.append(_kept_functional(lambda: tf.cond(
                     tf.reduce_any(local[:3] > 0), branch,
                     lambda: tf.constant(False))))
             _check_one_device(graph.get_operations()[made_before:], device)
         return done + recorded
 
-    def _server_step(self, indices, code, grads, by_server, values):
+    def _server_step(self, indices, code, grads, by_server, values,
+                     records=False):
         """The branch of one server (see `_server_steps`): only its own
-        variables, slots and sums."""
+        variables, slots and sums, and with `records` the update's other
+        writes (`by_server.record`), which live there. `values()`: the
+        scalars the update reads, made here from `code`."""
         realigned, admitted, closes = code[0] > 0, code[1] > 0, code[2] > 0
         sums = [self._sums[i] for i in indices]
 
@@ -595,11 +635,15 @@ class SyncProtocol(tf.Module):
                      if grads is not None else tf.constant(False))
 
         def update():
+            count = tf.cast(code[3], tf.int32)
             means = [(mean, self._var_list[i]) for s in sums
-                     for i, mean in s.means(code[3])]
+                     for i, mean in s.means(count)]
             graph = tf.compat.v1.get_default_graph()
             made_before = len(graph.get_operations())
-            by_server.apply(means, values)
+            scalars = values()
+            by_server.apply(means, scalars)
+            if records:
+                by_server.record(scalars)
             with tf.control_dependencies(
                     graph.get_operations()[made_before:]):
                 return [gradient_sums.clear(s) for s in sums]

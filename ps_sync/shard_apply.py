@@ -137,17 +137,26 @@ class CurrentShardApply:
             return {"_learning_rate": _read(lr)}
         return {}
 
-    def scalar_values(self, step, read=None):
+    def current_rate(self, step):
+        """A schedule's learning rate at `step` (None without a schedule)."""
+        lr = self._inner._learning_rate
+        if not isinstance(lr, learning_rate_schedule.LearningRateSchedule):
+            return None
+        return lr(tf.cast(step, self._inner._iterations.dtype))
+
+    def scalar_values(self, step, read=None, rate=None):
         """{attribute: value} of the scalars the updates read, at `step`
         (the step counter before this update, as the optimizer sees it);
-        `read` from `read_scalars` (read now if not given)."""
+        `read` from `read_scalars` (read now if not given); `rate` from
+        `current_rate(step)` (computed now if not given)."""
         inner = self._inner
         values = dict(self.read_scalars() if read is None else read)
         values["_iterations"] = tf.cast(step, inner._iterations.dtype)
-        lr = inner._learning_rate
-        if isinstance(lr, learning_rate_schedule.LearningRateSchedule):
+        if rate is None:
+            rate = self.current_rate(step)
+        if rate is not None:
             values["_current_learning_rate"] = tf.cast(
-                lr(values["_iterations"]), inner._current_learning_rate.dtype)
+                rate, inner._current_learning_rate.dtype)
         return values
 
     def record(self, values):
@@ -159,6 +168,13 @@ class CurrentShardApply:
         variable = self._inner._current_learning_rate
         with tf.device(variable.device):
             return [variable.assign(values["_current_learning_rate"])]
+
+    def record_device(self):
+        """Where `record` writes (None: it writes nothing)."""
+        if not isinstance(self._inner._learning_rate,
+                          learning_rate_schedule.LearningRateSchedule):
+            return None
+        return self._inner._current_learning_rate.device
 
     def apply(self, grads_and_vars, values):
         """The update of `grads_and_vars` (all on one server), with the
@@ -200,7 +216,12 @@ class LegacyShardApply:
                 for name, value in self._inner._hyper.items()
                 if isinstance(value, tf.Variable)}
 
-    def scalar_values(self, step, read=None):
+    def current_rate(self, step):
+        del step  # a legacy schedule is evaluated in the update itself
+        return None
+
+    def scalar_values(self, step, read=None, rate=None):
+        del rate
         inner = self._inner
         hyper = dict(inner._hyper)
         hyper.update(self.read_scalars() if read is None else read)
@@ -210,6 +231,9 @@ class LegacyShardApply:
     def record(self, values):
         del values
         return []
+
+    def record_device(self):
+        return None
 
     def apply(self, grads_and_vars, values):
         inner = _with_values(self._inner, values)

@@ -97,11 +97,13 @@ def test_sync_overhead_paired_over_process_clusters(tmp_path, ps_own_core,
     """--processes: two clusters of real task processes (one for async and
     ps_sync, one for TF1), their CPU counted with the coordinator's; with
     --ps_own_core the PS tasks on one CPU, the rest on the others; with
-    --num_ps 2 two PS tasks per cluster, and a moving average of the
-    weights (TF1's variable_averages, use_ema with the update cut per
+    --num_ps 2 two PS tasks per cluster, the Inception recipe's RMSProp on
+    its decaying rate and a moving average of the weights (TF1's
+    RMSPropOptimizer and variable_averages, use_ema with the update cut per
     server)."""
     out = str(tmp_path / "processes")
-    ema = ["--ema_momentum", "0.9"] if num_ps == 2 else []
+    ema = (["--ema_momentum", "0.9", "--optimizer", "inception"]
+           if num_ps == 2 else [])
     report = _run_ok(out, ["--workers", "2", "--seconds", "1",
                            "--paired_rounds", "1", "--quorums", "2",
                            "--batch_sizes", "8", "--processes"]
@@ -110,6 +112,7 @@ def test_sync_overhead_paired_over_process_clusters(tmp_path, ps_own_core,
     assert report["args"]["processes"] is True
     assert report["args"]["num_ps"] == num_ps
     assert report["args"]["ema_momentum"] == (0.9 if ema else 0.0)
+    assert report["args"]["optimizer"] == ("inception" if ema else "sgd")
     affinity = report["paired"]["affinity"]
     if ps_own_core:
         ps_cpus, other_cpus = map(sorted, sync_overhead.own_core_split())
@@ -165,6 +168,7 @@ def test_sync_overhead_paired_over_process_clusters(tmp_path, ps_own_core,
     (["--layers", "-1"], "must be at least 0, got -1"),
     (["--ema_momentum", "1"], "expected a number in [0, 1), got '1'"),
     (["--ema_momentum", "x"], "expected a number in [0, 1), got 'x'"),
+    (["--optimizer", "adam"], "invalid choice: 'adam' (choose from"),
 ])
 def test_sync_overhead_bad_input(tmp_path, args, message):
     code, output, _ = benchmark_run.run(

@@ -397,3 +397,98 @@ def test_cut_per_server_the_new_version_is_published_after_every_server(
     assert id(variables[1].handle) in _external_resources(servers[0])
     assert id(protocol.published.handle) in _external_resources(closes[0])
     assert servers[0] in _ancestors(closes[0])
+
+
+def _schedule_rate_writes():
+    """Two logical CPUs as two servers; an SGD on a halving schedule whose
+    current-rate variable sits on cpu:1, beside a model variable or apart
+    from them all. Pushes run here, traced as on a worker."""
+    import ps_sync.keras_env  # noqa: F401
+    import tensorflow as tf
+    tf.config.set_logical_device_configuration(
+        tf.config.list_physical_devices("CPU")[0],
+        [tf.config.LogicalDeviceConfiguration()] * 2)
+    from ps_sync.optimizer import SyncReplicasWithBackups
+    from ps_sync.protocol import SyncProtocol
+
+    out = {}
+    for case, devices in (("beside", ["/cpu:0", "/cpu:1"]),
+                          ("apart", ["/cpu:0", "/cpu:0"])):
+        variables = []
+        for k, device in enumerate(devices):
+            with tf.device(device):
+                variables.append(tf.Variable(tf.ones([3]), name="v%d" % k))
+        with tf.device("/cpu:1"):
+            opt = SyncReplicasWithBackups(tf.keras.optimizers.SGD(
+                tf.keras.optimizers.schedules.ExponentialDecay(1.0, 1, 0.5)),
+                2, 2)
+            opt._build_inner(variables)  # pylint: disable=protected-access
+        by_server = opt._shard_apply()  # pylint: disable=protected-access
+        rate = opt.inner_optimizer._current_learning_rate  # pylint: disable=W0212
+        protocol = SyncProtocol(variables, 2, 2, initial_step=0,
+                                step_var=opt.iterations)
+
+        @tf.function
+        def push(worker):
+            # pylint: disable=protected-access
+            payloads = protocol._payloads([tf.ones_like(v) for v in variables])
+            with tf.device(protocol._device):  # as `push`: the lock's body
+                return protocol._admit_and_maybe_apply(
+                    worker, tf.constant(0.0, tf.float64), payloads,
+                    opt.iterations, None, by_server=by_server)
+
+        @tf.function
+        def wait(worker):
+            return protocol._wait_for_close(worker)  # pylint: disable=W0212
+
+        graph = push.get_concrete_function(
+            tf.TensorSpec([], tf.int32)).graph
+        rates = []
+        for call, worker in ((push, 0), (push, 1), (wait, 0), (push, 1),
+                             (push, 0)):
+            call(tf.constant(worker))
+            if call is push:
+                rates.append(float(rate.numpy()))
+        out[case] = {
+            "rate_device": rate.device,
+            "written_outside_branches": any(
+                h is rate.handle for h in _written_handles(graph).values()),
+            "branches_holding_it": [
+                op.device for op in graph.get_operations()
+                if op.type in ("If", "StatelessIf")
+                and id(rate.handle) in _external_resources(op)],
+            # The tensors ops on cpu:0 (a server) take from ops on cpu:1
+            # (the protocol's server, where the lock is), resources aside.
+            "server_inputs_from_the_lock": sorted({
+                t.name for op in graph.get_operations()
+                if op.device.endswith("CPU:0")
+                for t in op.inputs if t.dtype != tf.resource
+                and t.op.device.endswith("CPU:1")}),
+            "rates": rates,
+            "updates": int(opt.iterations.numpy()),
+            "variables": [v.numpy().tolist() for v in variables],
+        }
+    return out
+
+
+def test_a_schedules_current_rate_is_written_by_the_close_on_its_server():
+    """tf-keras shows, after update t, the rate of update t. Pushes wrote it
+    on every push, under the lock, wherever it lives (often another
+    server); now a close writes it, in the branch of its server, or in one
+    of its own where that server holds no sums."""
+    r = fresh_interpreter.run(HERE + ":_schedule_rate_writes", timeout=120)
+    for case, got in r.items():
+        assert got["rate_device"].endswith("CPU:1"), case
+        assert not got["written_outside_branches"], case
+        assert [d.endswith("CPU:1") for d in got["branches_holding_it"]] == [
+            True], case
+        # Pushes: 0 admitted, 1 closes update 0 (rate 1), 1 admitted in
+        # update 1 (the shown rate stays update 0's), 0 closes it (0.5).
+        assert got["rates"] == [1.0, 1.0, 1.0, 0.5], case
+        # One vector carries the decision, the step and the rate: one
+        # transfer to the server (the rate was one more, and the step one
+        # more for updates that read it: Adam, not SGD).
+        assert len(got["server_inputs_from_the_lock"]) == 1, (case, got)
+        assert got["updates"] == 2, case
+        # Two updates of the mean gradient 1 at rates 1 and 0.5.
+        assert got["variables"] == [[-0.5] * 3] * 2, case
