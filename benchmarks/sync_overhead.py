@@ -78,8 +78,8 @@ DIM, HIDDEN, CLASSES = 64, 256, 10
 def _shapes(mlp):
     """The MLP's variable shapes: `mlp["layers"]` extra DIM x DIM layers
     (kernel and bias each, as a real model's many variables), then
-    DIM-HIDDEN-CLASSES. `mlp`: the model options of --layers and
-    --ema_momentum ({} for neither)."""
+    DIM-HIDDEN-CLASSES. `mlp`: the model options of --layers,
+    --ema_momentum and --optimizer ({} for none)."""
     extra = [s for _ in range(mlp.get("layers", 0))
              for s in ([DIM, DIM], [DIM])]
     return extra + [[DIM, HIDDEN], [HIDDEN, CLASSES]]
