@@ -28,6 +28,7 @@ _PROCESS_START = time.time()  # program time includes loading TensorFlow
 from ps_sync import keras_env  # noqa: F401,E402  (before TensorFlow)
 
 import dataclasses  # noqa: E402
+import logging  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 import traceback  # noqa: E402
@@ -120,6 +121,11 @@ flags.DEFINE_integer("local_cluster_workers", 0,
                      "instead of reading TF_CONFIG")
 flags.DEFINE_integer("local_cluster_ps", 1,
                      "parameter servers of the in-process cluster")
+flags.DEFINE_enum("tensorflow_log_level", "warning",
+                  ["debug", "info", "warning", "error"],
+                  "TensorFlow's Python log level (its INFO lines, twice "
+                  "each, were a third of the default job's output); "
+                  "ps_sync logs through absl, at --verbosity")
 
 
 # -- flags -> config ---------------------------------------------------------
@@ -282,6 +288,8 @@ def summarize(config, run_dir, outcome, program_start):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
+    logging.getLogger("tensorflow").setLevel(
+        FLAGS.tensorflow_log_level.upper())
     # Every flag is checked before an in-process cluster starts.
     check_data_flags()
     resolver = None if FLAGS.local_cluster_workers else tf_config_resolver()

@@ -86,6 +86,9 @@ def test_sync_run_end_to_end(tmp_path):
     assert (s["mode"], s["replicas_to_aggregate"], s["total_num_replicas"],
             s["backup_workers"]) == ("sync", 2, 3, 1)
     assert "sync, N=2 of 3 workers (b=1)" in out
+    # TensorFlow's INFO lines are off by default, ps_sync's own stay.
+    assert "ps_sync: 2 of 3 workers per step" in err
+    assert "Waiting for all global closures" not in out + err
     # Pushes per worker from the telemetry, consistent with each other and
     # with the protocol's own counters.
     rows = s["per_worker"]
@@ -157,8 +160,11 @@ def test_async_run_end_to_end(tmp_path):
     code, out, err = run_train(
         ["--mode=async", "--local_cluster_workers=2", "--train_updates=60",
          "--eval_every_updates=30", "--progress_every_s=1",
-         "--max_rollbacks=0", "--run_dir=" + run_dir], timeout=140)
+         "--max_rollbacks=0", "--tensorflow_log_level=info",
+         "--run_dir=" + run_dir], timeout=140)
     assert code == 0, err[-3000:]
+    # Asked for: the coordinator's joins at each interval's end.
+    assert "Waiting for all global closures to be finished" in err
     s = load_summary(run_dir)
     assert_common(s, run_dir, out, 60)
     assert (s["mode"], s["replicas_to_aggregate"], s["total_num_replicas"],
